@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """Folder of random-weight tiny checkpoints, one per architecture: tiny_dir / arch."""
+    from tests.builders import ARCHS, build_tiny
+
+    root = tmp_path_factory.mktemp("tiny")
+    for arch in ARCHS:
+        build_tiny(arch, root / arch)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_dir):
+    """Loaded bridges keyed by architecture (cached for the session)."""
+    from headlens.loading import load_model
+    from tests.builders import ARCHS
+
+    return {arch: load_model(str(tiny_dir / arch), device="cpu") for arch in ARCHS}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own result cache."""
+    monkeypatch.setenv("HEADLENS_CACHE", str(tmp_path / "cache"))
