@@ -87,6 +87,19 @@ def load(model: str, device: Optional[str], dtype: str):
 # ----------------------------------------------------------------------------- report
 
 
+@app.command("report")
+def report_cmd(
+    folder: Path = typer.Argument(..., help="A results folder written with --out (or by headlens demo)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="HTML file (default: FOLDER/report.html)."),
+    title: str = typer.Option("headlens report", "--title"),
+) -> None:
+    """Assemble every figure saved in FOLDER into one self-contained HTML page."""
+    from headlens.report import build_report
+
+    path = build_report(folder, output, title=title)
+    typer.echo(str(path))
+
+
 # ----------------------------------------------------------------------------- sweep
 
 

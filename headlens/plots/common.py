@@ -42,3 +42,43 @@ def write_html(fig: go.Figure, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(str(path), include_plotlyjs=True, full_html=True)
     return path
+
+
+def save_figure(fig: go.Figure, folder: str | os.PathLike, name: str, *, caption: str,
+                section: str = "Results", order: int = 50) -> Path:
+    """Write ``name.html`` (self-contained) and ``name.plotly.json`` into ``folder``.
+
+    The caption (what the figure shows and how it was computed) and the report section
+    travel in ``layout.meta`` so ``headlens report`` can assemble any folder of figures.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fig = go.Figure(fig)
+    fig.update_layout(meta={"caption": caption, "section": section, "order": order, "name": name})
+    write_html(fig, folder / f"{name}.html")
+    from headlens.results import atomic_write_text
+
+    atomic_write_text(folder / f"{name}.plotly.json", fig.to_json())
+    return folder / f"{name}.html"
+
+
+def load_figure(path: str | os.PathLike) -> go.Figure:
+    """Read a figure written by :func:`save_figure`."""
+    import plotly.io as pio
+
+    return pio.from_json(Path(path).read_text())
+
+
+def figure_div(fig: go.Figure, div_id: str) -> str:
+    """HTML ``<div>`` for ``fig`` without plotly.js (the page includes it once)."""
+    import plotly.io as pio
+
+    return pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id=div_id,
+                       config={"responsive": True, "displaylogo": False})
+
+
+def plotly_js() -> str:
+    """The plotly.js bundle, to embed once in a self-contained page."""
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
