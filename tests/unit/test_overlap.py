@@ -16,7 +16,7 @@ from scipy import stats
 
 from headlens import overlap as ov
 from headlens.errors import HeadlensError
-from headlens.gates import mask_lowest
+from headlens.gates import check, mask_lowest
 from headlens.results import Scores
 
 
@@ -231,7 +231,8 @@ def test_causal_check_gates_the_right_heads():
     calls = []
 
     def fake_evaluate(model, task, shots, *, limit, seed, gates):
-        assert gates.ffn is None and tuple(gates.heads.shape) == (2, 3)
+        check(model, gates)  # the shape headlens.gates.gated will demand
+        assert gates.ffn is None and gates.heads.dtype == torch.float32
         off = {(int(l), int(h)) for l, h in torch.nonzero(gates.heads == 0)}
         assert set(torch.unique(gates.heads).tolist()) <= {0.0, 1.0}
         calls.append((task, shots, limit, seed, frozenset(off)))
