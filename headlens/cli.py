@@ -78,6 +78,102 @@ def load(model: str, device: Optional[str], dtype: str):
 # ----------------------------------------------------------------------------- overlap
 
 
+@app.command("overlap")
+def overlap_cmd(
+    results: list[str] = typer.Argument(..., help="Saved Scores JSON files or folders of them."),
+    top: Optional[int] = typer.Option(None, "--top", "-k",
+                                      help="Heads in each top-k set (default: 10% of the heads)."),
+    method: str = typer.Option("spearman", "--method", help="spearman or kendall."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the HTML figures."),
+    fmt: str = FormatOpt,
+) -> None:
+    """Compare saved head scores: rank agreement, top-k Jaccard and hypergeometric p-values."""
+    from headlens.errors import HeadlensError
+    from headlens.overlap import overlap_matrix, random_baseline, rank_agreement
+    from headlens.results import Scores, load_all
+
+    check_format(fmt)
+    scores = []
+    for item in results:
+        path = Path(item)
+        if path.is_dir():
+            found = [s for s in load_all(path) if s.per_head]
+            if not found:
+                raise HeadlensError(f"overlap: no per-head score files in folder {path}")
+            scores.extend(found)
+        elif path.is_file():
+            scores.append(Scores.load(path))
+        else:
+            raise HeadlensError(f"overlap: {path} is neither a score file nor a folder")
+    if len(scores) < 2:
+        raise HeadlensError(f"overlap: needs at least 2 score sets, got {len(scores)}; pass more files")
+    n = scores[0].values.size
+    k = max(1, round(0.1 * n)) if top is None else top
+    agreement = rank_agreement(scores, method)  # type: ignore[arg-type]
+    sets = overlap_matrix(scores, k=k)
+    baseline = random_baseline(n, method, seed=0) if n >= 3 else None  # type: ignore[arg-type]
+    if out is not None:
+        _overlap_figures(scores, agreement, sets, baseline, out)
+    if fmt == "json":
+        print_json({"labels": list(agreement.labels), "n_heads": n, "method": method,
+                    method: agreement.matrix, f"{method}_p_values": agreement.p_values,
+                    "random_baseline": None if baseline is None else
+                    {"mean": baseline.mean, "low": baseline.low, "high": baseline.high},
+                    "k": k, "jaccard": sets.jaccard, "intersection": sets.intersection,
+                    "expected_intersection": k * k / n, "p_values": sets.p_values,
+                    "out": None if out is None else str(out)})
+        return
+    names = [f"[{i}] {lab}" for i, lab in enumerate(agreement.labels)]
+    typer.echo("\n".join(names))
+    head = "      " + "".join(f"{f'[{i}]':>8}" for i in range(len(names)))
+    typer.echo(f"\n{method} rank agreement over {n} heads"
+               + ("" if baseline is None else
+                  f" (random orders: 95% in [{baseline.low:.2f}, {baseline.high:.2f}])"))
+    typer.echo(head)
+    for i, row in enumerate(agreement.matrix):
+        typer.echo(f"{f'[{i}]':>6}" + "".join(f"{v:8.2f}" for v in row))
+    typer.echo(f"\ntop-{k} Jaccard (hypergeometric p; random intersection {k * k / n:.2f} heads)")
+    typer.echo(head)
+    for i, (jr, pr) in enumerate(zip(sets.jaccard, sets.p_values)):
+        typer.echo(f"{f'[{i}]':>6}" + "".join(f"{j:5.2f}{'*' if p < 0.05 else ' ':<3}"
+                                             for j, p in zip(jr, pr)))
+    typer.echo("* p < 0.05")
+    if out is not None:
+        typer.echo(f"figures: {out}")
+
+
+def _overlap_figures(scores, agreement, sets, baseline, out: Path) -> None:
+    from headlens.overlap import by_shot, by_task, overlap_sweep, score_label
+    from headlens.plots.common import write_html
+    from headlens.plots.overlap import (agreement_dropdown, agreement_heatmap,
+                                        overlap_matrix_heatmap, overlap_vs_k)
+
+    write_html(agreement_heatmap(agreement, baseline=baseline), out / "overlap-agreement.html")
+    write_html(overlap_matrix_heatmap(sets), out / "overlap-jaccard.html")
+    tasks = [s for s in scores if s.meta.get("task") is not None and s.meta.get("shots") is not None]
+    if len(tasks) >= 2:
+        write_html(agreement_dropdown(by_shot(tasks, agreement.method), key_name="shots",
+                                      title=f"{agreement.method}: tasks x tasks"),
+                   out / "overlap-by-shot.html")
+        write_html(agreement_dropdown(by_task(tasks, agreement.method), key_name="task",
+                                      title=f"{agreement.method}: shots x shots"),
+                   out / "overlap-by-task.html")
+    first = scores[0]
+    sweeps = {f"{score_label(first)} vs {score_label(s)}": overlap_sweep(first, s) for s in scores[1:8]}
+    write_html(overlap_vs_k(sweeps), out / "overlap-vs-k.html")
+    targets = [s for s in scores if s.metric in ("prefix_matching", "copying") and (s.values > 0).any()]
+    rankings = [s for s in scores if s.metric not in ("prefix_matching", "copying")][:8]
+    if targets and rankings:
+        from headlens.overlap import retained_curve
+        from headlens.plots.overlap import retained_figure
+
+        for t in targets:
+            curves = {score_label(r): retained_curve(r, t) for r in rankings}
+            write_html(retained_figure(curves, title=f"{score_label(t)} retained as heads are pruned"),
+                       out / f"overlap-retained-{t.file_stem()}.html")
+
+
+
 # ----------------------------------------------------------------------------- layers
 
 
