@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -103,17 +104,19 @@ def gated(model, gates: Gates | None = None, *, heads: Tensor | None = None,
         yield gates
 
 
-def mask_lowest(scores: Tensor, fraction: float) -> Tensor:
+def mask_lowest(scores: Tensor | np.ndarray, fraction: float) -> Tensor:
     """0/1 mask that zeroes the ``fraction`` of entries with the lowest scores (global rank).
 
     Ties are broken by position (stable sort), so the same scores give the same mask.
     """
     if not 0.0 <= fraction <= 1.0:
         raise HeadlensError(f"mask_lowest: fraction must be in [0, 1], got {fraction}")
-    flat = torch.as_tensor(scores, dtype=torch.float64).flatten()
+    t = (scores.detach().to("cpu", torch.float64) if isinstance(scores, Tensor)
+         else torch.from_numpy(np.array(scores, dtype=np.float64)))
+    flat = t.flatten()
     k = int(round(fraction * flat.numel()))
     mask = torch.ones_like(flat, dtype=torch.float32)
     if k:
         order = torch.sort(flat, stable=True).indices
         mask[order[:k]] = 0.0
-    return mask.reshape(torch.as_tensor(scores).shape)
+    return mask.reshape(t.shape)

@@ -187,38 +187,48 @@ def _pad_id(model) -> int:
 
 
 def normalize(values: np.ndarray, how: Normalize = "none") -> np.ndarray:
-    """Normalise a score array.
+    """Normalise one score array (heads [n_layers, n_heads] or FFNs [n_layers]).
 
-    ``none``: unchanged. ``l2_layer``: each layer's head vector divided by its L2 norm
-    (Michel et al. 2019); for a per-layer array, the whole vector by its norm. ``sum``: divided
-    by the total, so scores sum to one. Zero rows/totals are left at zero.
+    ``none``: unchanged. ``sum``: divided by the sum of absolute values, so every task
+    weighs the same in a mean. ``l2_layer``: each layer's head vector divided by its L2 norm,
+    s[l, h] / ||s[l, :]||_2 (Michel et al. 2019, "Are sixteen heads really better than one?");
+    for a per-layer array, the whole vector by its norm. Zero rows/totals stay zero.
     """
     v = np.asarray(values, dtype=np.float64)
     if how == "none":
         return v.copy()
     if how == "l2_layer":
         norm = np.linalg.norm(v, axis=-1, keepdims=True)
-        return np.divide(v, norm, out=np.zeros_like(v), where=norm > 0)
-    if how == "sum":
-        total = v.sum()
-        return v / total if total != 0 else np.zeros_like(v)
-    raise HeadlensError(f"normalize: unknown normalisation {how!r}; available: none, l2_layer, sum")
+    elif how == "sum":
+        norm = np.abs(v).sum(keepdims=True)
+    else:
+        raise HeadlensError(f"normalize: unknown normalisation {how!r}; available: none, l2_layer, sum")
+    return np.divide(v, norm, out=np.zeros_like(v), where=norm > 0)
 
 
 def aggregate(scores: Sequence[Scores], normalize_by: Normalize = "sum") -> Scores:
-    """Mean of several tasks' scores after normalising each (raw means let tasks with
-    large gradients dominate, the reference's mistake)."""
+    """The aggregate ranking: mean of several score sets after normalising each one.
+
+    The reference averaged raw scores, so tasks with large gradients dominated; here each
+    set is normalised first (see :func:`normalize`). ``std`` of the result is the spread of
+    the normalised sets. Meta: ``task='aggregate'``, ``aggregate_of`` (labels), ``normalize``.
+    """
     if not scores:
         raise HeadlensError("aggregate: no scores given")
     shapes = {s.values.shape for s in scores}
     if len(shapes) != 1:
         raise HeadlensError(f"aggregate: scores have different shapes {sorted(shapes)}; use one model")
-    mean = np.mean([normalize(s.values, normalize_by) for s in scores], axis=0)
-    first = scores[0]
-    sources = [s.name for s in scores]
-    return Scores(mean, metric=first.metric, model=first.model,
-                  meta={"task": "aggregate", "normalize": normalize_by, "sources": sources,
-                        "variant": first.meta.get("variant")})
+    normed = np.stack([normalize(s.values, normalize_by) for s in scores])
+    metrics = {s.metric for s in scores}
+    models = {s.model for s in scores}
+    variants = {s.meta.get("variant") for s in scores}
+    labels = [str(s.meta.get("task", s.name)) + (f"/{s.meta['shots']}-shot" if s.meta.get("shots") is not None else "")
+              if s.meta.get("task") is not None else s.name for s in scores]
+    return Scores(normed.mean(axis=0), metric=metrics.pop() if len(metrics) == 1 else "aggregate",
+                  model=models.pop() if len(models) == 1 else "",
+                  meta={"task": "aggregate", "aggregate_of": labels, "normalize": normalize_by,
+                        "variant": variants.pop() if len(variants) == 1 else None},
+                  std=normed.std(axis=0))
 
 
 def ffn_oracle(model, evaluate: Callable[[Any], float]) -> Scores:

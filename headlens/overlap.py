@@ -21,10 +21,10 @@ import numpy as np
 from scipy import stats
 
 from headlens.errors import HeadlensError
+from headlens.importance import aggregate  # the aggregate ranking lives with importance
 from headlens.results import Scores, head_label
 
 Method = Literal["spearman", "kendall"]
-Normalize = Literal["sum", "l2_layer", "none"]
 Head = tuple[int, int]
 
 __all__ = [
@@ -190,50 +190,6 @@ def by_task(scores: Sequence[Scores], method: Method = "spearman") -> dict[Any, 
         group = sorted(group, key=lambda s: float(s.meta.get("shots") or 0))
         out[task] = rank_agreement(group, method)
     return out
-
-
-def _normalized(values: np.ndarray, normalize: str) -> np.ndarray:
-    """[n_sets, n_layers, n_heads] scores rescaled so that no set dominates the mean."""
-    if normalize == "none":
-        return values
-    if normalize == "sum":
-        denom = np.abs(values).sum(axis=(1, 2), keepdims=True)
-    elif normalize == "l2_layer":
-        denom = np.sqrt((values**2).sum(axis=2, keepdims=True))
-    else:
-        raise HeadlensError(f"aggregate: normalize must be sum, l2_layer or none, got {normalize!r}")
-    return np.divide(values, denom, out=np.zeros_like(values), where=denom > 0)
-
-
-def aggregate(scores: Sequence[Scores], normalize: Normalize = "sum") -> Scores:
-    """The aggregate ranking: mean of the score sets after normalising each one.
-
-    Normalisations (applied to each set before the mean, so sets on different scales, e.g.
-    gradients of tasks with different losses, weigh equally):
-
-    * ``sum``: s / sum(|s|) over all heads (each set sums to 1 in absolute value);
-    * ``l2_layer``: each layer's row divided by its L2 norm, s[l, h] / ||s[l, :]||_2, the
-      per-layer normalisation of Michel et al. (2019, "Are sixteen heads really better than
-      one?", NeurIPS), which also equalises layers within a set;
-    * ``none``: the raw mean.
-
-    An all-zero set (or row, for ``l2_layer``) contributes zeros. ``std`` of the result is
-    the spread of the normalised sets across the inputs.
-
-    Returns:
-        Scores with the input metric (``aggregate`` when metrics differ), meta
-        ``task='aggregate'``, ``aggregate_of`` (the labels) and ``normalize``.
-    """
-    mat = _check_heads(scores, "aggregate")
-    shape = scores[0].values.shape
-    normed = _normalized(mat.reshape(len(mat), *shape), normalize)
-    metrics = {s.metric for s in scores}
-    models = {s.model for s in scores}
-    return Scores(values=normed.mean(axis=0), metric=metrics.pop() if len(metrics) == 1 else "aggregate",
-                  model=models.pop() if len(models) == 1 else "",
-                  meta={"task": "aggregate", "aggregate_of": list(_labels(scores)),
-                        "normalize": normalize},
-                  std=normed.std(axis=0))
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def random_ranking(shape: tuple[int, ...], seed: int) -> np.ndarray:
 
 def gates_for(ranking: np.ndarray, percent: float, what: What) -> Gates:
     """Gates that remove the lowest ``percent`` of ``ranking`` (heads or FFN layers)."""
-    mask = mask_lowest(torch.as_tensor(ranking), percent / 100.0)
+    mask = mask_lowest(ranking, percent / 100.0)
     return Gates(heads=mask) if what == "heads" else Gates(ffn=mask)
 
 
@@ -99,8 +99,8 @@ def pruning_grid(head_ranking: Scores, ffn_ranking: Scores, evaluate: EvaluateFn
     grid = np.empty((len(hp), len(fp)))
     cells = [(i, j) for i in range(len(hp)) for j in range(len(fp))]
     for i, j in tqdm(cells, desc="prune grid", disable=not progress, leave=False):
-        heads = mask_lowest(torch.as_tensor(head_ranking.values), hp[i] / 100.0)
-        ffn = mask_lowest(torch.as_tensor(ffn_ranking.values), fp[j] / 100.0)
+        heads = mask_lowest(head_ranking.values, hp[i] / 100.0)
+        ffn = mask_lowest(ffn_ranking.values, fp[j] / 100.0)
         grid[i, j] = float(evaluate(Gates(heads=heads, ffn=ffn)))
     df = pd.DataFrame(grid, index=pd.Index(hp, name="heads_percent"),
                       columns=pd.Index(fp, name="ffn_percent"))
