@@ -13,7 +13,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import torch
 
 from headlens.errors import HeadlensError
 from headlens.gates import Gates, mask_lowest
