@@ -69,6 +69,61 @@ def load(model: str, device: Optional[str], dtype: str):
 # ----------------------------------------------------------------------------- eval
 
 
+def task_list(spec: str) -> list[str]:
+    """``--task`` value -> task names/paths: a comma list; ``all``/``study``/``offline`` groups."""
+    from headlens.tasks import task_names
+
+    out: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        out.extend(task_names(part) if part in ("all", "study", "offline") else [part])
+    if not out:
+        _fail(f"--task is empty ({spec!r}); give a task name, a comma list, 'all', or a task file")
+    return out
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = ModelOpt,
+    task: str = typer.Option(..., "--task", "-t", help="Task name, comma list, 'all' (the 14 study "
+                             "tasks), 'offline', or a .jsonl/.yaml/.toml task file."),
+    shots: int = typer.Option(0, "--shots", "-k", help="Demonstrations per query."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N queries of the split."),
+    split: Optional[str] = typer.Option(None, "--split", help="Default: the task's eval split."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the demonstration draw."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local data: <dir>/<task>/<split>"
+                                            ".jsonl|parquet, or a datasets cache folder."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Rows (choices) per forward pass."),
+    device: Optional[str] = DeviceOpt,
+    dtype: str = DtypeOpt,
+    fmt: str = FormatOpt,
+) -> None:
+    """k-shot accuracy on one or more tasks (JSON: an object for one task, a list for several)."""
+    check_format(fmt)
+    from headlens.prompts import check
+    from headlens.scoring import evaluate
+    from headlens.tasks import get_task
+
+    names = task_list(task)
+    tasks = [get_task(n) for n in names]
+    for t in tasks:  # bad names, data and shot counts fail before the model loads
+        check(t, shots, split=split, data_dir=data_dir)
+    bridge = load(model, device, dtype)
+    results = []
+    for t in tasks:
+        res = evaluate(bridge, t, shots, limit=limit, seed=seed, split=split, data_dir=data_dir,
+                       batch_size=batch_size, progress=fmt == "text" and sys.stderr.isatty())
+        out = {"model": model, **{k: v for k, v in res.to_dict().items() if k != "model"}}
+        results.append(out)
+        if fmt == "text":
+            m = res.metrics
+            typer.echo(f"{t.name:<16} {shots}-shot  n={m['n']:<5} acc={m['acc']:.4f}  "
+                       f"acc_norm={m['acc_norm']:.4f}  truncated={m['truncated']}  skipped={m['skipped']}")
+    if fmt == "json":
+        print_json(results[0] if len(results) == 1 else results)
+
+
 # ----------------------------------------------------------------------------- importance
 
 

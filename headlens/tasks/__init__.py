@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+__all__ = ["Example", "Task", "get_task", "task_names", "load_task_file"]
+
 
 @dataclass(frozen=True)
 class Example:
@@ -24,6 +26,8 @@ class Example:
         group: examples sharing a group form one question (MultiRC all-answers-right).
         gold_set: all acceptable choice indices (ReCoRD: several entities can be right).
         doc_id: position of the source document in its split.
+        contexts: per-choice contexts when the choices share one continuation but differ in
+            context (Winogrande partial scoring); ``context`` is then the gold one.
     """
 
     context: str
@@ -33,7 +37,11 @@ class Example:
     group: str | None = None
     gold_set: tuple[int, ...] | None = None
     doc_id: int = 0
+    contexts: tuple[str, ...] | None = None
 
     @property
     def demo_text(self) -> str:
         return self.context + (self.target if self.target is not None else self.choices[self.gold])
+
+
+from headlens.tasks.registry import Task, get_task, load_task_file, task_names  # noqa: E402

@@ -1,0 +1,157 @@
+"""Where a task's documents come from: the hub (``datasets``), local files, or a generator.
+
+Local files override the hub per task: with ``data_dir`` set, ``<data_dir>/<task>/<split>``
+or ``<data_dir>/<split>`` with suffix ``.jsonl``, ``.json`` or ``.parquet`` is read directly
+(columns as on the hub); when no such file exists, ``data_dir`` is used as a ``datasets``
+cache folder. ``HF_DATASETS_OFFLINE=1`` is honoured by ``datasets`` itself. Loaded splits are
+kept in memory for the process, so evaluating several shot counts reads them once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+from headlens.errors import HeadlensError
+from headlens.tasks import Example
+
+SUFFIXES = (".jsonl", ".json", ".parquet")
+_CACHE: dict[tuple, list[Example]] = {}
+
+
+def find_local_file(task, split: str, data_dir: str | Path) -> Path | None:
+    """The first of ``<data_dir>/<task>/<split>.*`` and ``<data_dir>/<split>.*`` that exists."""
+    root = Path(data_dir).expanduser()
+    for folder in (root / task.name, root):
+        for suffix in SUFFIXES:
+            path = folder / f"{split}{suffix}"
+            if path.is_file():
+                return path
+    return None
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a JSONL/JSON-lines or parquet file as plain dicts (lists, not arrays)."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise HeadlensError(f"{path}:{number}: not valid JSON ({err.msg}); one JSON object per line") from None
+    return rows
+
+
+def _hub_rows(task, split: str, cache_dir: str | Path | None) -> list[dict]:
+    import datasets
+
+    src = task.source
+    hub_split = (src.get("splits") or {}).get(split, split)
+    kwargs = {"cache_dir": str(cache_dir)} if cache_dir is not None else {}
+    try:
+        ds = datasets.load_dataset(src["path"], src.get("name"), split=hub_split, **kwargs)
+    except Exception as err:  # datasets raises many types: offline, missing split, no repo
+        first = (str(err).splitlines() or [""])[0][:200]
+        raise HeadlensError(
+            f"task {task.name}: cannot load split {split!r} of {src['path']}"
+            f"{'/' + src['name'] if src.get('name') else ''} ({type(err).__name__}: {first}); offline, put "
+            f"the files at <data-dir>/{task.name}/{split}.jsonl|parquet and pass --data-dir") from None
+    return list(ds)
+
+
+def _python_examples(task, split: str, seed: int) -> list[Example]:
+    src = task.source
+    spec = str(src.get("function", ""))
+    module_name, _, fn_name = spec.partition(":")
+    if not module_name or not fn_name:
+        raise HeadlensError(f"task {task.name}: source.function must be 'module:function', got {spec!r}")
+    try:
+        fn = getattr(importlib.import_module(module_name), fn_name)
+    except (ImportError, AttributeError) as err:
+        raise HeadlensError(f"task {task.name}: cannot import {spec!r} ({err})") from None
+    out = fn(split=split, seed=seed, **(src.get("args") or {}))
+    examples = list(out)
+    if not all(isinstance(e, Example) for e in examples):
+        raise HeadlensError(f"task {task.name}: {spec} must return a list of headlens.tasks.Example")
+    from dataclasses import replace
+
+    # doc_id is the position in the generated split (demonstration exclusion relies on it)
+    return [replace(e, doc_id=i) for i, e in enumerate(examples)]
+
+
+def _process(task, rows: list[dict], where: str) -> list[Example]:
+    from dataclasses import replace
+
+    from headlens.tasks.processors import PROCESSORS, MissingColumn
+
+    if rows and task.columns:
+        missing = [c for c in task.columns if c not in rows[0]]
+        if missing:
+            raise HeadlensError(f"task {task.name}: {where} has no column {missing[0]!r} (needs "
+                                f"{', '.join(task.columns)}; has {', '.join(rows[0])})")
+    process = PROCESSORS[task.processor]
+    examples: list[Example] = []
+    for doc_id, doc in enumerate(rows):
+        try:
+            out = process(doc, task)
+        except MissingColumn as err:
+            raise HeadlensError(f"task {task.name}: document {doc_id} of {where} has no column "
+                                f"{err.args[0]!r}") from None
+        except (KeyError, ValueError, TypeError, IndexError) as err:
+            if isinstance(err, HeadlensError):
+                raise
+            raise HeadlensError(f"task {task.name}: document {doc_id} of {where} is malformed "
+                                f"({type(err).__name__}: {err})") from None
+        for ex in ([] if out is None else out if isinstance(out, list) else [out]):
+            examples.append(replace(ex, doc_id=doc_id))
+    return examples
+
+
+def _check_labels(task, examples: list[Example], split: str, where: str) -> None:
+    bad = next((ex for ex in examples if len(ex.choices) < 2 or not 0 <= ex.gold < len(ex.choices)), None)
+    if bad is None:
+        return
+    hint = (f"; unlabelled splits cannot be scored, use --split {task.eval_split}"
+            if bad.gold < 0 and split != task.eval_split else "")
+    raise HeadlensError(f"task {task.name}: document {bad.doc_id} of {where} has gold {bad.gold} for "
+                        f"{len(bad.choices)} choices{hint}")
+
+
+def load_examples(task, split: str, data_dir: str | Path | None, seed: int = 0) -> list[Example]:
+    """Examples of one split (cached in memory per task source, split, data_dir and seed)."""
+    key = (task.name, json.dumps(task.source, sort_keys=True, default=str), task.processor,
+           json.dumps(task.template, sort_keys=True), split, str(data_dir), seed)
+    if key in _CACHE:
+        return _CACHE[key]
+    kind = task.source["kind"]
+    if kind == "python":
+        examples, where = _python_examples(task, split, seed), task.source["function"]
+    elif kind == "examples":
+        from headlens.tasks.byo import split_examples
+
+        examples, where = split_examples(task, split), task.source["path"]
+    else:
+        local = find_local_file(task, split, data_dir) if data_dir is not None else None
+        if kind == "files" and local is None:
+            local = find_local_file(task, split, task.source["path"])
+            if local is None:
+                raise HeadlensError(f"task {task.name}: no file {task.source['path']}/{split}.jsonl|parquet "
+                                    f"for split {split!r}")
+        if local is not None:
+            rows, where = read_rows(local), str(local)
+        else:
+            rows, where = _hub_rows(task, split, data_dir), f"{task.source['path']} {split}"
+        examples = _process(task, rows, where)
+    if not examples:
+        raise HeadlensError(f"task {task.name}: split {split!r} ({where}) is empty; check the split name "
+                            f"(train {task.train_split!r}, eval {task.eval_split!r}) or the file")
+    _check_labels(task, examples, split, where)
+    _CACHE[key] = examples
+    return examples

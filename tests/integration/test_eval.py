@@ -1,0 +1,138 @@
+"""Scoring against Hugging Face logits, reproducibility, gates, and `headlens eval` on all 14 tasks."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from headlens.errors import HeadlensError
+from headlens.gates import ones
+from headlens.prompts import prepare
+from headlens.scoring import choice_logprobs, evaluate
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "tasks"
+
+
+def run_cli(args, capsys, monkeypatch):
+    """Run ``headlens <args>`` in-process; return (exit code, stdout, stderr)."""
+    from headlens import cli
+
+    monkeypatch.setattr(sys, "argv", ["headlens", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as ex:
+        code = ex.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def hf_gpt2(tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(tiny_dir / "gpt2")).eval()
+
+
+def by_hand(hf, item, j):
+    """Independent score: one sequence per choice, log-softmax over the whole row, summed."""
+    ctx, cont = item.context_for(j), item.choice_ids[j]
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logp = torch.log_softmax(hf(ids).logits[0].double(), -1)
+    return sum(float(logp[len(ctx) - 1 + t, tok]) for t, tok in enumerate(cont))
+
+
+@pytest.mark.parametrize("task", ["arc_easy", "boolq", "winogrande", "record"])
+def test_choice_logprobs_match_hf_by_hand(task, tiny_models, hf_gpt2):
+    model = tiny_models["gpt2"]
+    prep = prepare(model, task, 1, data_dir=FIXTURES)
+    got = choice_logprobs(model, prep.items, batch_size=4, progress=False)
+    for item, lp in zip(prep.items, got):
+        want = [by_hand(hf_gpt2, item, j) for j in range(len(item.choice_ids))]
+        # fp32 forward on CPU vs float64 log-softmax of HF logits: 1e-4 absolute
+        np.testing.assert_allclose(lp, want, atol=1e-4)
+    # packing several examples per pass or one per pass gives the same numbers
+    one = choice_logprobs(model, prep.items, batch_size=1, progress=False)
+    for a, b in zip(got, one):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_evaluate_is_reproducible_and_gates_apply(tiny_models):
+    model = tiny_models["gpt2"]
+    a = evaluate(model, "hellaswag", 1, data_dir=FIXTURES, seed=7, progress=False)
+    b = evaluate(model, "hellaswag", 1, data_dir=FIXTURES, seed=7, progress=False)
+    assert a.metrics == b.metrics
+    assert a.records.equals(b.records)
+    assert set(a.records.columns) >= {"doc_id", "gold", "pred", "correct", "logprobs", "n_demos"}
+    gated_one = evaluate(model, "hellaswag", 1, data_dir=FIXTURES, seed=7, gates=ones(model), progress=False)
+    np.testing.assert_allclose(np.stack(gated_one.records.logprobs), np.stack(a.records.logprobs), atol=1e-6)
+    zero = ones(model)
+    zero = type(zero)(heads=torch.zeros_like(zero.heads), ffn=None)
+    pruned = evaluate(model, "hellaswag", 1, data_dir=FIXTURES, seed=7, gates=zero, progress=False)
+    assert np.abs(np.stack(pruned.records.logprobs) - np.stack(a.records.logprobs)).max() > 1e-3
+
+
+def test_metrics_acc_norm_record_and_multirc(tiny_models):
+    model = tiny_models["gpt2"]
+    res = evaluate(model, "multirc", 0, data_dir=FIXTURES, progress=False)
+    rec = res.records
+    per_q = rec.groupby("group")["correct"].all()
+    assert res.metrics["acc"] == pytest.approx(per_q.mean()) and res.metrics["n_questions"] == 2
+    assert res.metrics["acc_per_answer"] == pytest.approx(rec["correct"].mean())
+    res = evaluate(model, "arc_easy", 0, data_dir=FIXTURES, progress=False)
+    for _, row in res.records.iterrows():
+        lengths = np.array([len(c) for c in model_choices("arc_easy", row.doc_id)])
+        assert row.pred_norm == int(np.argmax(np.array(row.logprobs) / lengths))
+        assert row.pred == int(np.argmax(row.logprobs))
+
+
+def model_choices(task, doc_id):
+    from headlens.tasks import get_task
+
+    return next(e for e in get_task(task).examples(get_task(task).eval_split, FIXTURES) if e.doc_id == doc_id).choices
+
+
+def test_truncation_is_counted_with_small_context(tiny_models):
+    model = tiny_models["gpt2"]  # n_ctx 128: 1-shot WiC prompts do not fit, 0-shot ones do
+    res = evaluate(model, "wic", 1, data_dir=FIXTURES, progress=False)
+    assert res.metrics["truncated"] == 2 and res.metrics["skipped"] == 0
+    assert (res.records.n_demos == 0).all()
+
+
+def test_cli_eval_all_14_tasks_from_fixtures(tiny_dir, capsys, monkeypatch):
+    code, out, err = run_cli(["eval", "--model", str(tiny_dir / "gpt2"), "--task", "all", "--shots", "1",
+                              "--data-dir", str(FIXTURES), "--format", "json"], capsys, monkeypatch)
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["task"] for r in rows] == ["hellaswag", "piqa", "arc_easy", "arc_challenge", "openbookqa",
+                                         "winogrande", "boolq", "cb", "copa", "wic", "wsc", "multirc",
+                                         "rte", "record"]
+    for r in rows:
+        assert {"model", "task", "shots", "n", "acc", "acc_norm", "truncated", "skipped"} <= set(r)
+        assert r["shots"] == 1 and r["n"] >= 2 and 0.0 <= r["acc"] <= 1.0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "hellaswg"], "did you mean hellaswag"),
+    (["--task", "piqa", "--shots", "4"], "4 shots need 4 train documents"),
+    (["--task", "piqa", "--split", "dev"], "cannot load split 'dev'"),
+])
+def test_cli_eval_errors_are_one_line(args, message, tiny_dir, capsys, monkeypatch):
+    code, out, err = run_cli(["eval", "--model", str(tiny_dir / "gpt2"), "--data-dir", str(FIXTURES), *args],
+                             capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("headlens: error:")]
+    assert len(errors) == 1 and message in errors[0]
+
+
+def test_model_without_tokenizer_is_an_error():
+    fake = SimpleNamespace(cfg=SimpleNamespace(n_ctx=64), tokenizer=None)
+    with pytest.raises(HeadlensError, match="no tokenizer"):
+        prepare(fake, "piqa", 0, data_dir=FIXTURES)
