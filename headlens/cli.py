@@ -127,7 +127,191 @@ def eval_cmd(
 # ----------------------------------------------------------------------------- importance
 
 
+def shot_list(spec: str) -> list[int]:
+    """``--shots 0,1,5`` -> [0, 1, 5]."""
+    try:
+        out = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"--shots must be integers separated by commas, got {spec!r}")
+    if not out or any(k < 0 for k in out):
+        _fail(f"--shots must be non-negative integers, got {spec!r}")
+    return out
+
+
+@app.command("importance")
+def importance_cmd(
+    model: str = ModelOpt,
+    task: str = typer.Option(..., "--task", "-t", help="Task name, comma list, 'all', 'offline', or a task file."),
+    shots: str = typer.Option("0", "--shots", "-k", help="Demonstrations per query; a comma list such as 0,1,5."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Queries per task (default: the task's importance_limit)."),
+    variant: str = typer.Option("bansal", "--variant", help="bansal (|.| per token) or michel (|.| per example)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the demonstration draw."),
+    split: Optional[str] = typer.Option(None, "--split", help="Default: the task's importance split (train)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local data folder (see headlens eval)."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write score JSONs and heatmaps here."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Recompute even if cached."),
+    device: Optional[str] = DeviceOpt,
+    dtype: str = DtypeOpt,
+    fmt: str = FormatOpt,
+) -> None:
+    """Head and FFN importance by gradient gates (JSON: heads, ffn and the run's metadata)."""
+    check_format(fmt)
+    from headlens.cache import ResultCache
+    from headlens.importance import VARIANTS, aggregate, task_importance
+    from headlens.prompts import check
+    from headlens.tasks import get_task
+
+    if variant not in VARIANTS:
+        _fail(f"--variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    ks = shot_list(shots)
+    tasks = [get_task(n) for n in task_list(task)]
+    for t in tasks:
+        for k in ks:
+            check(t, k, split=split or t.importance_split, data_dir=data_dir)
+    bridge = load(model, device, dtype)
+    cache = ResultCache(enabled=not no_cache)
+    from tqdm.auto import tqdm
+
+    results = []
+    jobs = [(t, k) for t in tasks for k in ks]
+    for t, k in tqdm(jobs, desc="tasks x shots", disable=len(jobs) == 1 or fmt == "json"):
+        imp = task_importance(bridge, t, k, limit=limit, seed=seed, variant=variant, split=split,
+                              data_dir=data_dir, batch_size=batch_size, cache=cache,
+                              progress=fmt == "text")
+        results.append(imp)
+        if fmt == "text":
+            top = ", ".join(f"L{l}H{h}={v:.3g}" for l, h, v in imp.heads.top(5))
+            ffn = ", ".join(f"L{l}={v:.3g}" for l, v in imp.ffn.top(3))
+            typer.echo(f"{t.name:<16} {k}-shot  n={imp.heads.meta['n_examples']:<5} top heads: {top}  top FFNs: {ffn}")
+    if out is not None:
+        from headlens.plots.common import save_figure
+        from headlens.plots.importance import importance_heatmaps
+
+        for imp in results:
+            imp.heads.save(out / "importance")
+            imp.ffn.save(out / "importance")
+        heads = [r.heads for r in results]
+        if len(heads) > 1:
+            aggregate(heads).save(out / "importance")
+        save_figure(importance_heatmaps(heads), out, "importance-heads", section="Task importance",
+                    caption=f"Head importance ({variant}: gradient of the gold-continuation loss with "
+                            f"respect to per-token head gates) of {model}; one map per task and shot "
+                            f"count (dropdown), each scaled to its maximum; seed {seed}.")
+        if fmt == "text":
+            typer.echo(f"wrote {out}")
+    if fmt == "json":
+        objs = [{"model": model, "task": r.heads.meta["task"], "shots": r.heads.meta["shots"],
+                 "variant": variant, "n_layers": r.heads.n_layers, "n_heads": r.heads.n_heads,
+                 "heads": r.heads.values.tolist(), "ffn": r.ffn.values.tolist(),
+                 "meta": r.heads.meta} for r in results]
+        print_json(objs[0] if len(objs) == 1 else objs)
+
+
 # ----------------------------------------------------------------------------- prune
+
+
+def resolve_ranking(bridge, source: str, task, shots: int, what: str, *, limit, seed, variant,
+                    data_dir, cache):
+    """--ranking SOURCE -> Scores: self | TASK[:SHOTS] | aggregate | path to a saved Scores JSON."""
+    from headlens.importance import aggregate, task_importance
+    from headlens.results import Scores
+    from headlens.tasks import get_task, task_names
+
+    def imp(t, k):
+        r = task_importance(bridge, t, k, limit=limit, seed=seed, variant=variant,
+                            data_dir=data_dir, cache=cache, progress=False)
+        return r.heads if what == "heads" else r.ffn
+
+    if source.endswith(".json"):
+        return Scores.load(source)
+    if source == "self":
+        return imp(task, shots)
+    if source == "aggregate":
+        group = task.group if task.group in ("study", "offline") else None
+        names = task_names(group) if group else [task.name]
+        return aggregate([imp(get_task(n), shots) for n in names])
+    name, _, k = source.partition(":")
+    try:
+        k_shots = int(k) if k else shots
+    except ValueError:
+        _fail(f"--ranking {source!r}: expected TASK or TASK:SHOTS with an integer shot count")
+    return imp(get_task(name), k_shots)
+
+
+@app.command("prune")
+def prune_cmd(
+    model: str = ModelOpt,
+    task: str = typer.Option(..., "--task", "-t", help="Task to evaluate after pruning."),
+    shots: int = typer.Option(0, "--shots", "-k"),
+    ranking: str = typer.Option("self", "--ranking", help="self (this task's importance), TASK or "
+                                "TASK:SHOTS (cross-task transfer), aggregate, or a saved scores .json."),
+    what: str = typer.Option("heads", "--what", help="heads, ffn, or grid (heads% x FFN%)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Queries evaluated per point."),
+    importance_limit: Optional[int] = typer.Option(None, "--importance-limit", help="Queries for the ranking."),
+    variant: str = typer.Option("bansal", "--variant"),
+    random_seeds: int = typer.Option(3, "--random-seeds", help="Random rankings for the baseline band (>= 3)."),
+    seed: int = typer.Option(0, "--seed"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the curve (CSV) and its figure here."),
+    device: Optional[str] = DeviceOpt,
+    dtype: str = DtypeOpt,
+    fmt: str = FormatOpt,
+) -> None:
+    """Accuracy vs % of heads (or FFNs) removed by a ranking, with a random-ranking band."""
+    check_format(fmt)
+    if what not in ("heads", "ffn", "grid"):
+        _fail(f"--what must be heads, ffn or grid, got {what!r}")
+    from headlens.cache import ResultCache
+    from headlens.prompts import check
+    from headlens.pruning import TaskEvaluator, cached_curve, pruning_grid
+    from headlens.tasks import get_task
+
+    t = get_task(task)
+    check(t, shots, data_dir=data_dir)
+    bridge = load(model, device, dtype)
+    cache = ResultCache()
+    evaluator = TaskEvaluator(bridge, t, shots, limit=limit, seed=seed, data_dir=data_dir)
+    kw = dict(limit=importance_limit, seed=seed, variant=variant, data_dir=data_dir, cache=cache)
+    label = f"{t.name} {shots}-shot, ranking {ranking}"
+    if what == "grid":
+        heads = resolve_ranking(bridge, ranking, t, shots, "heads", **kw)
+        ffn = resolve_ranking(bridge, ranking, t, shots, "ffn", **kw)
+        grid = pruning_grid(heads, ffn, evaluator, progress=fmt == "text")
+        if out is not None:
+            from headlens.plots.common import save_figure
+            from headlens.plots.importance import pruning_grid_heatmap
+
+            out.mkdir(parents=True, exist_ok=True)
+            grid.to_csv(out / f"grid-{t.name}-{shots}shot.csv")
+            save_figure(pruning_grid_heatmap(grid, title=f"Accuracy, {label}"), out,
+                        f"grid-{t.name}-{shots}shot", section="Pruning",
+                        caption=f"{label}: accuracy with the lowest-ranked p% of heads and q% of FFNs removed together (gates at 0).")
+        if fmt == "json":
+            print_json({"model": model, "task": t.name, "shots": shots, "ranking": ranking,
+                        "heads_percent": list(grid.index), "ffn_percent": list(grid.columns),
+                        "grid": grid.values.tolist()})
+        else:
+            typer.echo(grid.round(3).to_string())
+        return
+    rank_scores = resolve_ranking(bridge, ranking, t, shots, what, **kw)
+    curve = cached_curve(evaluator, rank_scores, what=what, random_seeds=tuple(range(random_seeds)),
+                         cache=cache, progress=fmt == "text")
+    if out is not None:
+        from headlens.plots.common import save_figure
+        from headlens.plots.importance import pruning_curves
+
+        out.mkdir(parents=True, exist_ok=True)
+        curve.to_csv(out / f"prune-{what}-{t.name}-{shots}shot.csv", index=False)
+        save_figure(pruning_curves({label: curve}, title=f"Accuracy vs % {what} removed"), out,
+                    f"prune-{what}-{t.name}-{shots}shot", section="Pruning",
+                    caption=f"{label}: accuracy after removing the lowest-ranked p% of {what} (gates at 0); "
+                            f"dotted: mean of {random_seeds} random rankings, band +/- 1 sd.")
+    if fmt == "json":
+        print_json({"model": model, "task": t.name, "shots": shots, "ranking": ranking, "what": what,
+                    "curve": curve[["percent", "acc", "acc_random_mean", "acc_random_std"]].to_dict("records")})
+    else:
+        typer.echo(curve.round(4).to_string(index=False))
 
 
 # ----------------------------------------------------------------------------- overlap

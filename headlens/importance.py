@@ -250,3 +250,45 @@ def ffn_oracle(model, evaluate: Callable[[Any], float]) -> Scores:
         drops[layer] = base - float(evaluate(Gates(ffn=g)))
     return Scores(drops, metric="ffn_importance", model=model_info(model).name,
                   meta={"variant": "oracle", "base_acc": base})
+
+
+def task_importance(model, task, shots: int, *, limit: int | None = None, seed: int = 0,
+                    variant: Variant = "bansal", split: str | None = None, data_dir=None,
+                    batch_size: int = 8, cache=None, progress: bool = True) -> Importance:
+    """Importance of every head and FFN for one task and shot count, cached.
+
+    Prompts come from :func:`headlens.prompts.prepare` on the task's importance split (the
+    train split, first documents in dataset order; demonstrations never include the query),
+    so scoring and importance use exactly the same continuation tokens.
+
+    Args:
+        model: a TransformerBridge; task: registry name, task file or Task; shots: k.
+        limit: number of queries (default: the task's ``importance_limit``, 2,500 in the study).
+        cache: a :class:`headlens.cache.ResultCache` (default one under ``$HEADLENS_CACHE``);
+            ``False`` disables caching.
+    """
+    from headlens.cache import ResultCache, cache_key
+    from headlens.loading import model_info
+    from headlens.prompts import prepare
+    from headlens.tasks import get_task
+
+    task = get_task(task)
+    split = split or task.importance_split
+    limit = limit if limit is not None else task.importance_limit
+    if variant not in VARIANTS:
+        raise HeadlensError(f"task_importance: unknown variant {variant!r}; {closest(variant, VARIANTS)}")
+    cache = ResultCache(enabled=False) if cache is False else (cache or ResultCache())
+    info = model_info(model)
+    key = cache_key(kind="importance", model=info.to_dict(), dtype=str(next(model.parameters()).dtype),
+                    **task.key, shots=shots, seed=seed, limit=limit, variant=variant, split=split,
+                    data_dir=str(data_dir) if data_dir else None)
+
+    def compute():
+        prepared = prepare(model, task, shots, split=split, limit=limit, seed=seed, data_dir=data_dir)
+        meta = {"task": task.name, "task_version": task.version, "shots": shots, "seed": seed,
+                "split": split, "limit": limit, "truncated": prepared.truncated,
+                "skipped": prepared.skipped}
+        return head_importance(model, prepared.items, variant=variant, batch_size=batch_size,
+                               progress=progress, meta=meta).to_dict()
+
+    return Importance.from_dict(cache.get_or_compute("importance", key, compute))

@@ -139,6 +139,12 @@ def load_model(
     if source != "hub":
         _check_tokenizer_files(Path(target))
     try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # keep our own progress bars readable
+    except ImportError:  # pragma: no cover
+        pass
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             bridge = TransformerBridge.boot_transformers(target, **kwargs)

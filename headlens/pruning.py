@@ -104,3 +104,66 @@ def pruning_grid(head_ranking: Scores, ffn_ranking: Scores, evaluate: EvaluateFn
     df = pd.DataFrame(grid, index=pd.Index(hp, name="heads_percent"),
                       columns=pd.Index(fp, name="ffn_percent"))
     return df
+
+
+class TaskEvaluator:
+    """Accuracy of one task and shot count through any gates: prompts prepared once.
+
+    Calling it with ``Gates`` (or None) returns the task metric (``acc``); results are
+    memoised per gate pattern, so the unpruned baseline is computed once per curve set.
+    """
+
+    def __init__(self, model, task, shots: int, *, limit: int | None = None, seed: int = 0,
+                 split: str | None = None, data_dir=None, batch_size: int = 16, metric: str = "acc"):
+        from headlens.prompts import prepare
+        from headlens.tasks import get_task
+
+        self.model, self.task, self.shots, self.metric = model, get_task(task), shots, metric
+        self.batch_size = batch_size
+        self.prepared = prepare(model, self.task, shots, split=split, limit=limit, seed=seed,
+                                data_dir=data_dir)
+        if not self.prepared.items:
+            raise HeadlensError(f"TaskEvaluator: no examples of {self.task.name} to evaluate "
+                                f"(split {self.prepared.split}, {self.prepared.skipped} skipped)")
+        self.calls = 0
+        self._memo: dict[bytes, float] = {}
+
+    @property
+    def key(self) -> dict:
+        from headlens.loading import model_info
+
+        p = self.prepared
+        return {"model": model_info(self.model).to_dict(), **self.task.key, "shots": self.shots,
+                "seed": p.seed, "split": p.split, "n": len(p.items), "metric": self.metric}
+
+    def __call__(self, gates: Gates | None) -> float:
+        from headlens.scoring import evaluate_prepared
+
+        memo_key = b"none" if gates is None else b"".join(
+            t.detach().cpu().numpy().tobytes() if t is not None else b"-" for t in (gates.heads, gates.ffn))
+        if memo_key not in self._memo:
+            self.calls += 1
+            res = evaluate_prepared(self.model, self.prepared, gates=gates, batch_size=self.batch_size)
+            self._memo[memo_key] = float(res.metrics[self.metric])
+        return self._memo[memo_key]
+
+
+def cached_curve(evaluator: TaskEvaluator, ranking: Scores, *, what: What = "heads",
+                 percents: Sequence[float] = PERCENTS, random_seeds: Sequence[int] = (0, 1, 2),
+                 cache=None, progress: bool = True) -> pd.DataFrame:
+    """:func:`pruning_curve` for a task evaluator, stored in the result cache."""
+    import hashlib
+
+    from headlens.cache import ResultCache, cache_key
+
+    cache = ResultCache(enabled=False) if cache is False else (cache or ResultCache())
+    digest = hashlib.sha256(np.ascontiguousarray(ranking.values).tobytes()).hexdigest()[:16]
+    key = cache_key(kind="pruning_curve", **evaluator.key, ranking=digest, what=what,
+                    percents=list(percents), random_seeds=list(random_seeds))
+    rows = cache.get_or_compute("pruning", key, lambda: pruning_curve(
+        ranking, evaluator, what=what, percents=percents, random_seeds=random_seeds,
+        progress=progress).to_dict("records"))
+    df = pd.DataFrame(rows)
+    df.attrs = {"what": what, "ranking": ranking.name, "task": evaluator.task.name,
+                "shots": evaluator.shots, "random_seeds": list(random_seeds)}
+    return df

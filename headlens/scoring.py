@@ -175,3 +175,25 @@ def evaluate(model, task: Task | str, shots: int, *, limit: int | None = None, s
     name = info.name if info is not None else type(model).__name__
     return EvalResult(model=name, task=task.name, shots=shots, seed=seed, split=prepared.split,
                       metrics=_metrics(task, records, prepared.truncated, prepared.skipped), records=records)
+
+
+def evaluate_prepared(model, prepared, *, gates=None, batch_size: int = 16,
+                      progress: bool = False) -> EvalResult:
+    """Score already-prepared prompts (:func:`headlens.prompts.prepare`), e.g. many times
+    through different gates when pruning; same metrics as :func:`evaluate`."""
+    scores = choice_logprobs(model, prepared.items, batch_size=batch_size, gates=gates, progress=progress)
+    rows = []
+    for item, lp in zip(prepared.items, scores):
+        lengths = np.array([max(len(c), 1) for c in item.example.choices], dtype=np.float64)
+        pred, pred_norm = int(np.argmax(lp)), int(np.argmax(lp / lengths))
+        rows.append({"doc_id": item.example.doc_id, "group": item.group, "gold": item.gold,
+                     "pred": pred, "pred_norm": pred_norm, "correct": pred in item.gold_set,
+                     "correct_norm": pred_norm in item.gold_set, "logprobs": lp.tolist(),
+                     "n_demos": item.n_demos, "n_choices": len(lp)})
+    records = pd.DataFrame(rows, columns=["doc_id", "group", "gold", "pred", "pred_norm", "correct",
+                                          "correct_norm", "logprobs", "n_demos", "n_choices"])
+    info = getattr(model, "headlens_info", None)
+    name = info.name if info is not None else type(model).__name__
+    return EvalResult(model=name, task=prepared.task.name, shots=prepared.shots, seed=prepared.seed,
+                      split=prepared.split, metrics=_metrics(prepared.task, records, prepared.truncated,
+                                                             prepared.skipped), records=records)
