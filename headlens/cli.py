@@ -452,7 +452,9 @@ def main() -> None:
     from headlens.errors import HeadlensError
 
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # typer.Exit comes back as a return code here
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except HeadlensError as err:
         typer.echo(f"headlens: error: {err}", err=True)
         sys.exit(2)

@@ -1,0 +1,57 @@
+"""`headlens importance` / `headlens prune` on a tiny model and fixture tasks; caching."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from headlens.cache import ResultCache
+from headlens.cli import app, main
+from headlens.importance import task_importance
+
+FIXTURES = "tests/fixtures/tasks"
+
+
+def test_importance_json_and_out(tiny_dir, tmp_path):
+    res = CliRunner().invoke(app, ["importance", "--model", str(tiny_dir / "gpt2"), "--task", "arc_easy",
+                                   "--shots", "1", "--data-dir", FIXTURES, "--format", "json",
+                                   "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.stdout.strip().splitlines()[-1])
+    assert {"model", "task", "shots", "heads", "ffn", "variant", "meta"} <= set(obj)
+    assert np.array(obj["heads"]).shape == (2, 4) and len(obj["ffn"]) == 2
+    assert (tmp_path / "out" / "importance-heads.html").is_file()
+
+
+def test_task_importance_is_cached_and_key_sensitive(tiny_models, tmp_path):
+    model = tiny_models["gpt2"]
+    cache = ResultCache(tmp_path)
+    a = task_importance(model, "copa", 1, data_dir=FIXTURES, cache=cache, progress=False)
+    b = task_importance(model, "copa", 1, data_dir=FIXTURES, cache=cache, progress=False)
+    assert cache.misses == 1 and cache.hits == 1
+    np.testing.assert_array_equal(a.heads.values, b.heads.values)
+    task_importance(model, "copa", 0, data_dir=FIXTURES, cache=cache, progress=False)
+    task_importance(model, "copa", 1, data_dir=FIXTURES, cache=cache, variant="michel", progress=False)
+    assert cache.misses == 3
+
+
+def test_prune_json_curve(tiny_dir):
+    res = CliRunner().invoke(app, ["prune", "--model", str(tiny_dir / "gpt2"), "--task", "piqa",
+                                   "--shots", "1", "--data-dir", FIXTURES, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.stdout.strip().splitlines()[-1])
+    assert [p["percent"] for p in obj["curve"]] == list(range(0, 100, 10))
+    assert set(obj["curve"][0]) == {"percent", "acc", "acc_random_mean", "acc_random_std"}
+
+
+def test_bad_variant_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["headlens", "importance", "--task", "copa", "--variant", "nope"])
+    with pytest.raises(SystemExit) as ex:
+        main()
+    assert ex.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--variant" in err[0]
