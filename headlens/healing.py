@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -163,7 +164,9 @@ def heal(model, texts: TextSource | Sequence[str], *, heldout: Sequence[str] | N
                       task_type="CAUSAL_LM")
     quantized = _use_4bit(quantize)
     torch.manual_seed(seed)
-    trained = get_peft_model(_load_4bit(base, tok) if quantized else base, lora)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trained = get_peft_model(_load_4bit(base, tok) if quantized else base, lora)
     params = [p for n, p in trained.named_parameters() if "lora_" in n]
     for n, p in trained.named_parameters():
         p.requires_grad_("lora_" in n)
