@@ -222,7 +222,10 @@ def test_lm_loss_matches_hf_and_pads_are_ignored(tiny_models, tiny_dir):
     assert lm_loss(model, TEXTS, batch_size=3) == pytest.approx(pooled, abs=1e-5)
 
 
-def test_healing_lowers_heldout_loss(tiny_models):
+def test_healing_lowers_heldout_loss(tiny_models, monkeypatch):
+    import copy
+
+    from headlens import healing
     from headlens.healing import heal
 
     model = tiny_models["gpt2"]
@@ -235,8 +238,13 @@ def test_healing_lowers_heldout_loss(tiny_models):
     assert result.heldout_loss_after < result.heldout_loss_before - 0.05
     assert lm_loss(result.model, held) == pytest.approx(result.heldout_loss_after, abs=1e-5)
     assert lm_loss(model, held) == before  # the input model is untouched
+    # the QLoRA path with a stand-in "4-bit" base (a plain copy; no GPU here): same seed, so the
+    # adapter merged into the full-precision base must give the same model (also shows seeding)
+    monkeypatch.setattr(healing, "_use_4bit", lambda quantize: True)
+    monkeypatch.setattr(healing, "_load_4bit", lambda hf, tok: copy.deepcopy(hf))
     again = heal(model, train, heldout=held, steps=12, rank=4, lr=1e-2, batch_size=4, seed=0)
-    assert again.heldout_loss_after == pytest.approx(result.heldout_loss_after, abs=1e-6)  # seeded
+    assert again.quantized
+    assert again.heldout_loss_after == pytest.approx(result.heldout_loss_after, abs=1e-6)
 
 
 def test_pruning_curve_and_figures(deep_models):
