@@ -1,0 +1,435 @@
+"""Layer pruning by angular distance (Gromov et al., 2024): distances, block removal, curves.
+
+x(l) is the residual stream entering block l (``hook_resid_pre``) for l < L and the output
+of the last block (``hook_resid_post`` of block L-1, before the final norm) for l = L. For
+a block of n layers starting at l,
+
+    d(l, n) = mean over samples of arccos(cos(x(l), x(l+n))) / pi,
+
+taken at each sample's last real (non-pad) token, in [0, 1]. The block to drop is
+l*(n) = argmin_l d(l, n) (ties: the shallowest). All pairs come from one forward pass per
+batch: the L+1 last-token vectors are normalised and their Gram matrix gives every cosine.
+
+Reference: A. Gromov, K. Tirumala, H. Shapourian, P. Glorioso, D. A. Roberts, "The
+Unreasonable Ineffectiveness of the Deeper Layers", arXiv:2403.17887 (2024).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from headlens import hooknames
+from headlens.errors import HeadlensError
+from headlens.texts import TextSource, batches, last_index, load_texts
+
+
+def _context(model, max_len: int | None) -> int:
+    n_ctx = int(getattr(model.cfg, "n_ctx", 0) or 2048)
+    if max_len is None:
+        return n_ctx
+    if max_len < 2 or max_len > n_ctx:
+        raise HeadlensError(f"max_len must be in [2, {n_ctx}] (the model's context), got {max_len}")
+    return max_len
+
+
+def _texts(texts: TextSource | Sequence[str]) -> list[str]:
+    if isinstance(texts, (list, tuple)) and texts and all(isinstance(t, str) for t in texts):
+        return load_texts(list(texts))
+    return load_texts(texts)  # type: ignore[arg-type]
+
+
+def _prepend_bos(model) -> bool:
+    return bool(getattr(model.cfg, "default_prepend_bos", True))
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+# ----------------------------------------------------------------------------- distances
+
+
+@dataclass(frozen=True)
+class LayerDistances:
+    """Mean angular distances between residual streams at the last real token.
+
+    Attributes:
+        pairwise: [L+1, L+1] mean of arccos(cos(x(i), x(j)))/pi over samples (symmetric,
+            zero diagonal); x(L) is the last block's output before the final norm.
+        n_samples: texts averaged over.
+        n_truncated: texts cut to ``max_len`` tokens (start kept).
+        max_len: token budget per text (BOS included).
+        model: model name.
+        meta: anything else worth recording (model fingerprint, source ...).
+    """
+
+    pairwise: Float[Tensor, "n_points n_points"]
+    n_samples: int
+    n_truncated: int
+    max_len: int
+    model: str = "model"
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_layers(self) -> int:
+        return self.pairwise.shape[0] - 1
+
+    @property
+    def distance(self) -> Float[Tensor, "n_sizes n_starts"]:
+        """[L+1, L+1] with ``distance[n, l] = d(l, n)``; NaN where l + n > L; row 0 is zero."""
+        size = self.n_layers + 1
+        n = torch.arange(size)[:, None]
+        l = torch.arange(size)[None, :]
+        j = (l + n).clamp(max=size - 1)
+        out = self.pairwise[l.expand(size, size), j]
+        out = torch.where(n == 0, torch.zeros_like(out), out)  # d(x, x) = 0 exactly
+        return torch.where(l + n <= self.n_layers, out, torch.full_like(out, float("nan")))
+
+    @property
+    def best_start(self) -> Int[Tensor, " n_sizes"]:
+        """[L+1] with ``best_start[n] = l*(n)`` (shallowest on ties; ``best_start[0] = 0``)."""
+        d = torch.nan_to_num(self.distance, nan=float("inf"))
+        return d.argmin(dim=1)
+
+    def best(self, n: int) -> tuple[int, float]:
+        """(l*(n), d(l*(n), n)) for a block of ``n`` layers, 1 <= n <= L."""
+        if not 1 <= n <= self.n_layers:
+            raise HeadlensError(f"block size n must be in [1, {self.n_layers}], got {n}")
+        start = int(self.best_start[n])
+        return start, float(self.distance[n, start])
+
+    def to_dict(self) -> dict:
+        """JSON-ready: ``distance`` and ``best_start`` are lists over n = 1..L (see ``n``)."""
+        ns = list(range(1, self.n_layers + 1))
+        d = self.distance
+        return {
+            "model": self.model, "n_layers": self.n_layers, "n": ns,
+            "distance": [[float(x) for x in d[n, : self.n_layers + 1 - n]] for n in ns],
+            "best_start": [int(self.best_start[n]) for n in ns],
+            "best_distance": [self.best(n)[1] for n in ns],
+            "n_samples": self.n_samples, "n_truncated": self.n_truncated, "max_len": self.max_len,
+            "meta": self.meta,
+        }
+
+    def to_frame(self):
+        """Long DataFrame: one row per (n, l) with its distance and whether l = l*(n)."""
+        import pandas as pd
+
+        rows = [{"n": n, "start": l, "distance": float(self.distance[n, l]),
+                 "best": l == int(self.best_start[n])}
+                for n in range(1, self.n_layers + 1) for l in range(self.n_layers + 1 - n)]
+        return pd.DataFrame(rows)
+
+
+def residual_points(model, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
+                    ) -> Float[Tensor, "batch n_points d_model"]:
+    """x(0..L) at each row's last real token, from one forward pass (no logits kept)."""
+    n_layers = model.cfg.n_layers
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    last = last_index(mask)
+    kept: dict[int, Tensor] = {}
+
+    def keep(index: int):
+        def hook(x, hook):
+            kept[index] = x[rows, last].detach().double()
+            return x
+        return hook
+
+    fwd = [(hooknames.resid_pre(layer), keep(layer)) for layer in range(n_layers)]
+    fwd.append((hooknames.resid_post(n_layers - 1), keep(n_layers)))
+    with torch.no_grad():
+        model.run_with_hooks(tokens, attention_mask=mask, fwd_hooks=fwd, return_type=None)
+    return torch.stack([kept[i] for i in range(n_layers + 1)], dim=1)
+
+
+def angular_gram(points: Float[Tensor, "batch n_points d_model"]) -> Float[Tensor, "batch n_points n_points"]:
+    """arccos(clamp(cos, -1, 1)) / pi between every pair of points, per sample."""
+    unit = points / points.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    cos = (unit @ unit.transpose(-1, -2)).clamp(-1.0, 1.0)
+    return torch.arccos(cos) / math.pi
+
+
+def layer_distances(model, texts: TextSource | Sequence[str], *, batch_size: int = 8,
+                    max_len: int | None = None) -> LayerDistances:
+    """d(l, n) for every block start l and size n, averaged over ``texts`` (see module doc).
+
+    Args:
+        model: a TransformerBridge.
+        texts: list of strings, text file path, :class:`~headlens.texts.DatasetTexts`, or
+            ``None`` for the embedded corpus.
+        batch_size: texts per forward pass.
+        max_len: tokens kept per text (start kept); default the model's context.
+    """
+    texts = _texts(texts)
+    max_len = _context(model, max_len)
+    size = model.cfg.n_layers + 1
+    total = torch.zeros(size, size, dtype=torch.float64)
+    truncated = 0
+    for batch in batches(model.tokenizer, texts, batch_size=batch_size, max_len=max_len,
+                         prepend_bos=_prepend_bos(model), device=_device(model)):
+        total += angular_gram(residual_points(model, batch.tokens, batch.mask)).sum(0).cpu()
+        truncated += batch.truncated
+    from headlens.loading import model_info
+
+    info = model_info(model)
+    return LayerDistances(pairwise=(total / len(texts)).float(), n_samples=len(texts),
+                          n_truncated=truncated, max_len=max_len, model=info.name,
+                          meta={"fingerprint": info.fingerprint})
+
+
+# ----------------------------------------------------------------------------- removal
+
+_LAYER_PATHS = ("transformer.h", "model.decoder.layers", "gpt_neox.layers", "model.layers")
+_PER_LAYER_CONFIG = ("layer_types", "attention_layers")
+
+
+def unwrap_hf(module: nn.Module) -> nn.Module:
+    """Replace every TransformerLens bridge wrapper inside ``module`` by the HF module it wraps."""
+    for name, child in list(module.named_children()):
+        inner = child
+        while isinstance(getattr(inner, "original_component", None), nn.Module):
+            inner = inner.original_component
+        if inner is not child:
+            setattr(module, name, inner)
+        unwrap_hf(inner)
+    return module
+
+
+def clean_hf_copy(model) -> nn.Module:
+    """A deep copy of a bridge's Hugging Face model with the bridge wrappers removed."""
+    return unwrap_hf(copy.deepcopy(model.original_model))
+
+
+def _layer_list(hf: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
+    n_layers = hf.config.num_hidden_layers
+    for path in _LAYER_PATHS:
+        *parents, last = path.split(".")
+        owner = hf
+        for p in parents:
+            owner = getattr(owner, p, None)
+            if owner is None:
+                break
+        layers = getattr(owner, last, None) if owner is not None else None
+        if isinstance(layers, nn.ModuleList) and len(layers) == n_layers:
+            return owner, last, layers
+    found = [(name, m) for name, m in hf.named_modules()
+             if isinstance(m, nn.ModuleList) and len(m) == n_layers]
+    if len(found) != 1:
+        raise HeadlensError(f"cannot find the decoder layer list of {type(hf).__name__}; supported: "
+                            f"{', '.join(_LAYER_PATHS)}")
+    name = found[0][0]
+    owner = hf.get_submodule(name.rpartition(".")[0]) if "." in name else hf
+    return owner, name.rpartition(".")[2], found[0][1]
+
+
+def _check_block(n_layers: int, start: int, n: int) -> None:
+    if n < 1 or n >= n_layers:
+        raise HeadlensError(f"block size n must be in [1, {n_layers - 1}] for a {n_layers}-layer "
+                            f"model (at least one layer must stay), got {n}")
+    if start < 0 or start + n > n_layers:
+        raise HeadlensError(f"block start must be in [0, {n_layers - n}] for n={n} on a "
+                            f"{n_layers}-layer model, got {start}")
+
+
+def deepest_block(n_layers: int, n: int) -> int:
+    """Start of the simple baseline block: the n deepest layers except the last (L-1-n ... L-2)."""
+    _check_block(n_layers, 0, n)
+    return n_layers - 1 - n
+
+
+def drop_hf_layers(hf: nn.Module, start: int, n: int) -> nn.Module:
+    """Remove layers start..start+n-1 from a clean HF causal LM in place; fix config and layer_idx."""
+    n_layers = hf.config.num_hidden_layers
+    _check_block(n_layers, start, n)
+    owner, attr, layers = _layer_list(hf)
+    keep = [i for i in range(n_layers) if not start <= i < start + n]
+    setattr(owner, attr, nn.ModuleList([layers[i] for i in keep]))
+    for new_index, layer in enumerate(getattr(owner, attr)):
+        for sub in layer.modules():  # the KV cache is indexed by layer_idx
+            if isinstance(getattr(sub, "layer_idx", None), int):
+                sub.layer_idx = new_index
+    hf.config.num_hidden_layers = len(keep)
+    for key in _PER_LAYER_CONFIG:
+        value = getattr(hf.config, key, None)
+        if isinstance(value, (list, tuple)) and len(value) == n_layers:
+            setattr(hf.config, key, [value[i] for i in keep])
+    return hf
+
+
+def wrap_hf(hf: nn.Module, tokenizer, *, name: str, parent_name: str = "model"):
+    """Wrap a clean HF causal LM as a frozen eval TransformerBridge (tokenizer reused)."""
+    import warnings
+
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from headlens.loading import ModelInfo
+
+    hf = hf.eval()
+    param = next(hf.parameters())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge = TransformerBridge.boot_transformers(parent_name, hf_model=hf, tokenizer=tokenizer,
+                                                     device=str(param.device), dtype=param.dtype)
+    bridge.eval()
+    for p in bridge.parameters():
+        p.requires_grad_(False)
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(hf.config.to_dict(), sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for p in list(hf.parameters())[:8]:
+            h.update(f"{float(p.float().sum()):.6e}".encode())
+    bridge.headlens_info = ModelInfo(name=name, source="memory", revision=None,
+                                     fingerprint=h.hexdigest()[:16])
+    return bridge
+
+
+def remove_layers(model, start: int, n: int):
+    """A new frozen bridge without layers ``start .. start+n-1``; ``model`` is left unchanged.
+
+    x(start) then feeds the old layer start+n. The removed layers are recorded in
+    ``bridge.headlens_removed`` (indices of the input model).
+    """
+    _check_block(model.cfg.n_layers, start, n)
+    from headlens.loading import model_info
+
+    parent = model_info(model)
+    hf = drop_hf_layers(clean_hf_copy(model), start, n)
+    base = getattr(model.cfg, "model_name", parent.name)
+    bridge = wrap_hf(hf, model.tokenizer, name=f"{parent.name}-minus-L{start}-{start + n - 1}",
+                     parent_name=base)
+    bridge.headlens_removed = list(range(start, start + n))
+    return bridge
+
+
+def save_model(model, folder: str | Path) -> Path:
+    """Save a bridge as a Hugging Face checkpoint (config, safetensors, tokenizer) in ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    hf = clean_hf_copy(model)
+    hf.save_pretrained(str(folder), safe_serialization=True)
+    model.tokenizer.save_pretrained(str(folder))
+    removed = getattr(model, "headlens_removed", None)
+    from headlens.loading import model_info
+
+    (folder / "headlens.json").write_text(json.dumps(
+        {"model": model_info(model).name, "removed_layers": removed}, indent=1) + "\n")
+    return folder
+
+
+# ----------------------------------------------------------------------------- loss and curves
+
+
+def nll_sum(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"],
+            mask: Int[Tensor, "batch pos"]) -> tuple[Tensor, int]:
+    """(sum of next-token cross-entropy over real target tokens, their count)."""
+    targets = tokens[:, 1:]
+    valid = (mask[:, 1:] * mask[:, :-1]).bool()
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
+                                           reduction="none")
+    return (ce * valid.flatten()).sum(), int(valid.sum())
+
+
+def lm_loss(model, texts: TextSource | Sequence[str], *, batch_size: int = 8,
+            max_len: int | None = None) -> float:
+    """Mean next-token cross-entropy (nats per token) over every real token of ``texts``.
+
+    Pad positions are neither inputs to a scored prediction nor targets.
+    """
+    texts = _texts(texts)
+    max_len = _context(model, max_len)
+    total, count = torch.zeros((), dtype=torch.float64), 0
+    with torch.no_grad():
+        for batch in batches(model.tokenizer, texts, batch_size=batch_size, max_len=max_len,
+                             prepend_bos=_prepend_bos(model), device=_device(model)):
+            logits = model(batch.tokens, attention_mask=batch.mask)
+            s, c = nll_sum(logits, batch.tokens, batch.mask)
+            total += s.double().cpu()
+            count += c
+    if count == 0:
+        raise HeadlensError("lm_loss: every text is a single token; give longer texts")
+    return float(total / count)
+
+
+def _accuracy(result) -> float:
+    for key in ("accuracy", "acc"):
+        if hasattr(result, key):
+            return float(getattr(result, key))
+        if isinstance(result, dict) and key in result:
+            return float(result[key])
+    return float(result)
+
+
+def pruning_curve(model, texts: TextSource | Sequence[str], *, ns: Sequence[int] | None = None,
+                  fractions: Sequence[float] | None = None,
+                  methods: Sequence[str] = ("similarity", "deepest"), heal: bool = False,
+                  heal_texts: TextSource | Sequence[str] | None = None, heal_kwargs: dict | None = None,
+                  tasks: Sequence[str] | None = None, shots: int = 0, limit: int | None = None,
+                  seed: int = 0, eval_fn: Callable[[object], dict] | None = None,
+                  distances: LayerDistances | None = None, batch_size: int = 8,
+                  max_len: int | None = None):
+    """Loss (and accuracy per task) vs fraction of layers removed, per method, healed or not.
+
+    Returns a DataFrame with columns n, fraction_removed, method, healed, start, loss, and
+    ``acc_<task>`` per task (plus ``eval_fn(model)``'s keys). ``texts`` measure the loss and
+    the distances; healing trains on ``heal_texts`` (required when ``heal``).
+    """
+    import pandas as pd
+
+    L = model.cfg.n_layers
+    unknown = set(methods) - {"similarity", "deepest"}
+    if unknown:
+        raise HeadlensError(f"pruning_curve: unknown method(s) {sorted(unknown)}; available: "
+                            f"similarity, deepest")
+    if ns is None:
+        fractions = fractions if fractions is not None else [i / L for i in range(L)]
+        ns = sorted({round(f * L) for f in fractions})
+    ns = sorted(set(int(n) for n in ns))
+    if any(n < 0 or n >= L for n in ns):
+        raise HeadlensError(f"pruning_curve: every n must be in [0, {L - 1}], got {ns}")
+    if heal and heal_texts is None:
+        raise HeadlensError("pruning_curve: heal=True needs heal_texts (training text, kept apart "
+                            "from the evaluation texts)")
+    texts = _texts(texts)
+    if "similarity" in methods and distances is None:
+        distances = layer_distances(model, texts, batch_size=batch_size, max_len=max_len)
+
+    def measure(m) -> dict:
+        row = {"loss": lm_loss(m, texts, batch_size=batch_size, max_len=max_len)}
+        for task in tasks or ():
+            from headlens import scoring  # written in parallel; imported only when asked
+
+            row[f"acc_{task}"] = _accuracy(scoring.evaluate(m, task, shots, limit=limit, seed=seed))
+        if eval_fn is not None:
+            row.update(eval_fn(m))
+        return row
+
+    rows = []
+    base = measure(model) if 0 in ns else None
+    for method in methods:
+        for n in ns:
+            if n == 0:
+                for healed in ([False, True] if heal else [False]):
+                    rows.append({"n": 0, "fraction_removed": 0.0, "method": method,
+                                 "healed": healed, "start": None, **base})
+                continue
+            start = distances.best(n)[0] if method == "similarity" else deepest_block(L, n)
+            pruned = remove_layers(model, start, n)
+            rows.append({"n": n, "fraction_removed": n / L, "method": method, "healed": False,
+                         "start": start, **measure(pruned)})
+            if heal:
+                from headlens.healing import heal as run_heal
+
+                healed_model = run_heal(pruned, heal_texts, **(heal_kwargs or {})).model
+                rows.append({"n": n, "fraction_removed": n / L, "method": method, "healed": True,
+                             "start": start, **measure(healed_model)})
+    return pd.DataFrame(rows)
