@@ -92,3 +92,35 @@ def pruning_grid_heatmap(grid: pd.DataFrame, *, title: str = "Accuracy: % heads 
     fig.update_layout(title=title, xaxis_title="% FFNs removed", yaxis_title="% heads removed",
                       template="plotly_white")
     return fig
+
+
+def ffn_heatmap(scores: Sequence[Scores], *, title: str = "FFN importance") -> go.Figure:
+    """Tasks/shots (rows) x layers (columns) of FFN importance, each row scaled to its max."""
+    rows = np.stack([s.values / s.values.max() if s.values.max() > 0 else s.values for s in scores])
+    labels = [_label(s) for s in scores]
+    raw = np.stack([s.values for s in scores])
+    fig = go.Figure(go.Heatmap(
+        z=rows, x=[f"L{l}" for l in range(rows.shape[1])], y=labels, customdata=raw,
+        colorscale="Viridis", zmin=0, zmax=1,
+        hovertemplate="%{y}, FFN %{x}<br>importance=%{customdata:.4g}<br>relative=%{z:.3f}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="layer", template="plotly_white",
+                      height=max(360, 22 * len(labels) + 160))
+    return fig
+
+
+def accuracy_bars(frame: pd.DataFrame, *, chance: Mapping[str, float] | None = None,
+                  title: str = "Accuracy by task and number of shots") -> go.Figure:
+    """Grouped bars of accuracy per task (x) for each shot count; ``frame`` has columns
+    task, shots, acc (and optionally n). A dashed marker shows each task's chance level."""
+    fig = go.Figure()
+    for shots, df in frame.groupby("shots"):
+        fig.add_trace(go.Bar(x=df.task, y=df.acc, name=f"{shots}-shot",
+                             hovertemplate="%{x}<br>acc=%{y:.3f}<extra>" + f"{shots}-shot</extra>"))
+    if chance:
+        tasks = list(dict.fromkeys(frame.task))
+        fig.add_trace(go.Scatter(x=tasks, y=[chance.get(t, np.nan) for t in tasks], mode="markers",
+                                 marker={"symbol": "line-ew-open", "size": 28, "color": "black"},
+                                 name="chance"))
+    fig.update_layout(title=title, barmode="group", yaxis_title="accuracy", yaxis_range=[0, 1.02],
+                      template="plotly_white")
+    return fig
