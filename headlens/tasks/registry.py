@@ -123,7 +123,7 @@ def task_from_entry(entry: dict, *, group: str = "", origin: str = "") -> Task:
         if key not in entry:
             raise HeadlensError(f"{origin}: task {name!r} needs a {key!r} entry")
     source = dict(entry.pop("source"))
-    if source.get("kind") == "files" and origin and "path" in source:
+    if source.get("kind") in ("files", "examples") and origin and "path" in source:
         path = Path(str(source["path"])).expanduser()
         source["path"] = str(path if path.is_absolute() else (Path(origin).parent / path).resolve())
     train = splits.get("train", "train")
