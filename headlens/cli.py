@@ -77,7 +77,13 @@ def task_list(spec: str) -> list[str]:
     for part in (p.strip() for p in spec.split(",")):
         if not part:
             continue
-        out.extend(task_names(part) if part in ("all", "study", "offline") else [part])
+        if part in ("all", "study", "offline"):
+            group = task_names(part)
+            if not group:
+                _fail(f"--task {part}: no tasks in group {part!r} (headlens/tasks/{part}.yaml is not installed)")
+            out.extend(group)
+        else:
+            out.append(part)
     if not out:
         _fail(f"--task is empty ({spec!r}); give a task name, a comma list, 'all', or a task file")
     return out

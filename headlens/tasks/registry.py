@@ -46,6 +46,7 @@ class Task:
         separator: text between demonstrations and before the query (a blank line).
         group: registry group (``study``, ``offline``) or ``file``.
         origin: the file this entry came from.
+        description: free text (documentation only; never part of a prompt).
     """
 
     name: str
@@ -62,6 +63,7 @@ class Task:
     separator: str = "\n\n"
     group: str = ""
     origin: str = ""
+    description: str = ""
 
     def __post_init__(self) -> None:
         from headlens.tasks.processors import PROCESSORS

@@ -160,3 +160,14 @@ def test_cli_eval_on_a_jsonl_task(tiny_dir, tmp_path, capsys, monkeypatch):
     path.write_text(path.read_text() + '{"context": "x", "choices": [" a", " b"], "gold": 5}\n')
     code, out, err = run_cli(["eval", "--model", str(tiny_dir / "gpt2"), "--task", str(path)], capsys, monkeypatch)
     assert code == 2 and f"{path}:5: gold 5 out of range" in err
+
+
+def test_cli_eval_comma_list_and_text_output(tiny_dir, capsys, monkeypatch):
+    model = str(tiny_dir / "gpt2")
+    code, out, err = run_cli(["eval", "--model", model, "--task", "copa,rte", "--shots", "0", "--limit", "1",
+                              "--data-dir", str(FIXTURES), "--format", "json"], capsys, monkeypatch)
+    assert code == 0, err
+    assert [(r["task"], r["n"], r["shots"]) for r in json.loads(out)] == [("copa", 1, 0), ("rte", 1, 0)]
+    code, out, err = run_cli(["eval", "--model", model, "--task", "rte", "--data-dir", str(FIXTURES)],
+                             capsys, monkeypatch)
+    assert code == 0 and out.startswith("rte") and "acc=" in out and "truncated=0" in out

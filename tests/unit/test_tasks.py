@@ -215,3 +215,29 @@ def test_yaml_task_with_local_files_and_bad_keys(tmp_path):
     bad.write_text("name: x\nversion: 1\nmetric: accc\nsource: {kind: hub, path: a/b}\n")
     with pytest.raises(HeadlensError, match="did you mean acc"):
         get_task(str(bad))
+
+
+def test_data_dir_without_files_is_used_as_a_datasets_cache(tmp_path, monkeypatch):
+    import datasets
+
+    seen = {}
+
+    def fake_load(path, name=None, split=None, **kwargs):
+        seen.update(path=path, name=name, split=split, **kwargs)
+        return [{"passage": "p", "question": "q", "label": 1}]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    (ex,) = get_task("boolq").examples("validation", tmp_path)
+    assert seen == {"path": "aps/super_glue", "name": "boolq", "split": "validation", "cache_dir": str(tmp_path)}
+    assert ex.context == "p\nQuestion: q?\nAnswer:" and ex.gold == 1
+
+
+def test_hub_failure_offline_is_one_clear_error(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'aps/super_glue' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(HeadlensError, match="cannot load split 'train' of aps/super_glue/cb .*--data-dir"):
+        get_task("cb").examples("train")
