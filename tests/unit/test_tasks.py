@@ -241,3 +241,23 @@ def test_hub_failure_offline_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(HeadlensError, match="cannot load split 'train' of aps/super_glue/cb .*--data-dir"):
         get_task("cb").examples("train")
+
+
+def test_truncation_keeps_the_largest_fitting_number_of_demos(tok):
+    """Against brute force: for every limit, k is the largest count whose exact prompt fits."""
+    full = prepare(tok, "piqa", 3, data_dir=FIXTURES)
+    for item in full.items:
+        demos = item.prompt.split("\n\n")[:-1]
+        ex = item.example
+
+        def longest(k):
+            ctx = "".join(d + "\n\n" for d in demos[len(demos) - k:]) + ex.context
+            n_ctx = len(tok(ctx, add_special_tokens=False)["input_ids"])
+            return max(len(tok(ctx + c, add_special_tokens=False)["input_ids"]) for c in ex.choices), n_ctx
+
+        sizes = [longest(k)[0] for k in range(4)]
+        for limit in range(sizes[0] - 1, sizes[3] + 2):
+            want = max((k for k in range(4) if sizes[k] <= limit), default=None)
+            prep = prepare(tok, "piqa", 3, data_dir=FIXTURES, limit=len(full.items), max_len=limit)
+            got = next((i for i in prep.items if i.example.doc_id == ex.doc_id), None)
+            assert (got.n_demos if got else None) == want, limit
