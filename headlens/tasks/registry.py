@@ -138,10 +138,17 @@ def task_from_entry(entry: dict, *, group: str = "", origin: str = "") -> Task:
 
 def _read_mapping(path: Path) -> Any:
     text = path.read_text()
+    if path.suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            try:
+                import tomli as tomllib  # type: ignore[no-redef]
+            except ImportError:
+                raise HeadlensError(f"{path}: TOML task files need Python >= 3.11 or `pip install tomli`; "
+                                    f"or write the task as YAML") from None
     try:
         if path.suffix == ".toml":
-            import tomllib
-
             return tomllib.loads(text)
         import yaml
 

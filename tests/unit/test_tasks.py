@@ -261,3 +261,11 @@ def test_truncation_keeps_the_largest_fitting_number_of_demos(tok):
             prep = prepare(tok, "piqa", 3, data_dir=FIXTURES, limit=len(full.items), max_len=limit)
             got = next((i for i in prep.items if i.example.doc_id == ex.doc_id), None)
             assert (got.n_demos if got else None) == want, limit
+
+
+def test_unlabelled_split_says_which_split_to_use(tmp_path):
+    (tmp_path / "winogrande").mkdir()
+    (tmp_path / "winogrande" / "test.jsonl").write_text(
+        '{"sentence": "A _ b.", "option1": "x", "option2": "y", "answer": ""}\n')
+    with pytest.raises(HeadlensError, match="unlabelled splits cannot be scored, use --split validation"):
+        get_task("winogrande").examples("test", tmp_path)
