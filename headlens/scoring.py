@@ -63,11 +63,15 @@ def choice_logprobs(model, items: Sequence[PreparedExample], *, batch_size: int 
     # longest first: similar lengths share a batch, so little padding is computed
     order = sorted(range(len(items)), key=lambda i: -max(len(r) for r in plans[i][0]))
     batches: list[list[int]] = []
+    filled = batch_size
     for i in order:
-        if batches and sum(len(plans[j][0]) for j in batches[-1]) + len(plans[i][0]) <= batch_size:
+        n_rows = len(plans[i][0])
+        if filled + n_rows <= batch_size:
             batches[-1].append(i)
+            filled += n_rows
         else:
             batches.append([i])
+            filled = n_rows
     out: list[np.ndarray] = [np.zeros(len(it.choice_ids)) for it in items]
     device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
     context = gated(model, gates) if gates is not None else nullcontext()
