@@ -171,3 +171,12 @@ def test_cli_eval_comma_list_and_text_output(tiny_dir, capsys, monkeypatch):
     code, out, err = run_cli(["eval", "--model", model, "--task", "rte", "--data-dir", str(FIXTURES)],
                              capsys, monkeypatch)
     assert code == 0 and out.startswith("rte") and "acc=" in out and "truncated=0" in out
+
+
+def test_cli_tasks_lists_the_registry(capsys, monkeypatch):
+    code, out, err = run_cli(["tasks", "--group", "study", "--format", "json"], capsys, monkeypatch)
+    assert code == 0, err
+    rows = json.loads(out)
+    assert len(rows) == 14 and rows[2] == {"task": "arc_easy", "group": "study", "version": 1, "metric": "acc",
+                                           "train_split": "train", "eval_split": "test",
+                                           "source": "allenai/ai2_arc/ARC-Easy"}
