@@ -77,7 +77,13 @@ def task_list(spec: str) -> list[str]:
     for part in (p.strip() for p in spec.split(",")):
         if not part:
             continue
-        out.extend(task_names(part) if part in ("all", "study", "offline") else [part])
+        if part in ("all", "study", "offline"):
+            group = task_names(part)
+            if not group:
+                _fail(f"--task {part}: no tasks in group {part!r} (headlens/tasks/{part}.yaml is not installed)")
+            out.extend(group)
+        else:
+            out.append(part)
     if not out:
         _fail(f"--task is empty ({spec!r}); give a task name, a comma list, 'all', or a task file")
     return out
@@ -122,6 +128,28 @@ def eval_cmd(
                        f"acc_norm={m['acc_norm']:.4f}  truncated={m['truncated']}  skipped={m['skipped']}")
     if fmt == "json":
         print_json(results[0] if len(results) == 1 else results)
+
+
+@app.command("tasks")
+def tasks_cmd(group: Optional[str] = typer.Option(None, "--group", help="study (alias all) or offline."),
+              fmt: str = FormatOpt) -> None:
+    """List registered tasks: name, group, metric, train and eval splits, data source."""
+    check_format(fmt)
+    from headlens.tasks import get_task, task_names
+
+    rows = []
+    for name in task_names(group):
+        t = get_task(name)
+        src = t.source.get("path") or t.source.get("function") or ""
+        rows.append({"task": name, "group": t.group, "version": t.version, "metric": t.metric,
+                     "train_split": t.train_split, "eval_split": t.eval_split,
+                     "source": f"{src}{'/' + t.source['name'] if t.source.get('name') else ''}"})
+    if fmt == "json":
+        print_json(rows)
+        return
+    for r in rows:
+        typer.echo(f"{r['task']:<16} {r['group']:<8} {r['metric']:<10} {r['train_split']:>6} -> "
+                   f"{r['eval_split']:<11} {r['source']}")
 
 
 # ----------------------------------------------------------------------------- importance

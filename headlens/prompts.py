@@ -76,7 +76,7 @@ class Prepared:
 
 def tokenizer_of(model_or_tokenizer):
     """The tokenizer of a model (``.tokenizer``) or the tokenizer itself; error when none."""
-    if hasattr(model_or_tokenizer, "cfg") or hasattr(model_or_tokenizer, "tokenizer"):
+    if hasattr(model_or_tokenizer, "cfg"):
         tok = getattr(model_or_tokenizer, "tokenizer", None)
         if tok is None:
             raise HeadlensError("this model has no tokenizer; load a checkpoint folder with tokenizer files "
@@ -141,23 +141,49 @@ class _Encoder:
 
 
 def _build(enc: _Encoder, ex: Example, demos: list[Example], sep: str, n_ctx: int | None):
-    """PreparedExample with as many of ``demos`` as fit (dropping the oldest), or None."""
+    """PreparedExample with as many of ``demos`` as fit (dropping the oldest), or None.
+
+    The result is exactly the largest k whose tokenised prompt fits; to avoid re-tokenising
+    the prompt once per k, k is first estimated from per-demonstration token counts, then
+    checked (and moved up or down) with exact tokenisations.
+    """
     contexts = list(ex.contexts) if ex.contexts is not None else [ex.context] * len(ex.choices)
-    for k in range(len(demos), -1, -1):
-        prefix = "".join(d.demo_text + sep for d in demos[len(demos) - k:])
-        ctx_ids, cont_ids = enc.pairs([prefix + c for c in contexts], list(ex.choices))
-        longest = max(len(c) + len(x) for c, x in zip(ctx_ids, cont_ids))
-        if n_ctx is None or longest <= n_ctx:
-            if any(len(x) == 0 for x in cont_ids):
-                raise HeadlensError(f"prepare: document {ex.doc_id} has an empty choice; every choice must "
-                                    f"have text to score")
-            shared = ex.contexts is None
-            return PreparedExample(
-                context_ids=ctx_ids[ex.gold], choice_ids=cont_ids, gold=ex.gold,
-                gold_set=ex.gold_set if ex.gold_set is not None else (ex.gold,), group=ex.group,
-                n_demos=k, example=ex, prompt=prefix + contexts[ex.gold],
-                contexts_ids=None if shared else ctx_ids)
-    return None
+    n = len(demos)
+    tried: dict[int, tuple] = {}
+
+    def attempt(k: int) -> tuple:
+        if k not in tried:
+            prefix = "".join(d.demo_text + sep for d in demos[n - k:])
+            ctx_ids, cont_ids = enc.pairs([prefix + c for c in contexts], list(ex.choices))
+            longest = max(len(c) + len(x) for c, x in zip(ctx_ids, cont_ids))
+            tried[k] = (n_ctx is None or longest <= n_ctx, longest, prefix, ctx_ids, cont_ids)
+        return tried[k]
+
+    fits, longest, *_ = attempt(n)
+    k = n
+    if not fits:
+        demo_lens = [len(ids) for ids in enc.encode([d.demo_text + sep for d in demos])]
+        query_len = longest - sum(demo_lens)
+        k = 0
+        for cand in range(n - 1, -1, -1):
+            if query_len + sum(demo_lens[n - cand:]) <= n_ctx:
+                k = cand
+                break
+        while k > 0 and not attempt(k)[0]:
+            k -= 1
+        while k + 1 < n and attempt(k)[0] and attempt(k + 1)[0]:
+            k += 1
+        if not attempt(k)[0]:
+            return None
+    _, _, prefix, ctx_ids, cont_ids = attempt(k)
+    if any(len(x) == 0 for x in cont_ids):
+        raise HeadlensError(f"prepare: document {ex.doc_id} has an empty choice; every choice must have "
+                            f"text to score")
+    return PreparedExample(
+        context_ids=ctx_ids[ex.gold], choice_ids=cont_ids, gold=ex.gold,
+        gold_set=ex.gold_set if ex.gold_set is not None else (ex.gold,), group=ex.group,
+        n_demos=k, example=ex, prompt=prefix + contexts[ex.gold],
+        contexts_ids=None if ex.contexts is None else ctx_ids)
 
 
 def check(task: Task | str, shots: int, *, split: str | None = None,

@@ -63,11 +63,15 @@ def choice_logprobs(model, items: Sequence[PreparedExample], *, batch_size: int 
     # longest first: similar lengths share a batch, so little padding is computed
     order = sorted(range(len(items)), key=lambda i: -max(len(r) for r in plans[i][0]))
     batches: list[list[int]] = []
+    filled = batch_size
     for i in order:
-        if batches and sum(len(plans[j][0]) for j in batches[-1]) + len(plans[i][0]) <= batch_size:
+        n_rows = len(plans[i][0])
+        if filled + n_rows <= batch_size:
             batches[-1].append(i)
+            filled += n_rows
         else:
             batches.append([i])
+            filled = n_rows
     out: list[np.ndarray] = [np.zeros(len(it.choice_ids)) for it in items]
     device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
     context = gated(model, gates) if gates is not None else nullcontext()
@@ -160,21 +164,7 @@ def evaluate(model, task: Task | str, shots: int, *, limit: int | None = None, s
     """
     task = get_task(task)
     prepared = prepare(model, task, shots, split=split, limit=limit, seed=seed, data_dir=data_dir)
-    scores = choice_logprobs(model, prepared.items, batch_size=batch_size, gates=gates, progress=progress)
-    rows = []
-    for item, lp in zip(prepared.items, scores):
-        lengths = np.array([max(len(c), 1) for c in item.example.choices], dtype=np.float64)
-        pred, pred_norm = int(np.argmax(lp)), int(np.argmax(lp / lengths))
-        rows.append({"doc_id": item.example.doc_id, "group": item.group, "gold": item.gold,
-                     "pred": pred, "pred_norm": pred_norm, "correct": pred in item.gold_set,
-                     "correct_norm": pred_norm in item.gold_set, "logprobs": lp.tolist(),
-                     "n_demos": item.n_demos, "n_choices": len(lp)})
-    records = pd.DataFrame(rows, columns=["doc_id", "group", "gold", "pred", "pred_norm", "correct",
-                                          "correct_norm", "logprobs", "n_demos", "n_choices"])
-    info = getattr(model, "headlens_info", None)
-    name = info.name if info is not None else type(model).__name__
-    return EvalResult(model=name, task=task.name, shots=shots, seed=seed, split=prepared.split,
-                      metrics=_metrics(task, records, prepared.truncated, prepared.skipped), records=records)
+    return evaluate_prepared(model, prepared, gates=gates, batch_size=batch_size, progress=progress)
 
 
 def evaluate_prepared(model, prepared, *, gates=None, batch_size: int = 16,

@@ -90,7 +90,8 @@ def hellaswag(doc: Mapping, task) -> Example:
     ctx = doc["ctx_a"] + " " + doc["ctx_b"].capitalize()
     context = _hellaswag_clean(doc["activity_label"] + ": " + ctx)
     choices = tuple(" " + _hellaswag_clean(e) for e in doc["endings"])
-    return Example(context=context, choices=choices, gold=int(doc["label"]))
+    label = str(doc["label"]).strip()
+    return Example(context=context, choices=choices, gold=int(label) if label else -1)  # test: unlabelled
 
 
 def copa(doc: Mapping, task) -> Example:
@@ -115,7 +116,7 @@ def winogrande(doc: Mapping, task) -> Example:
     cut = sentence.index("_")
     rest = " " + sentence[cut + 1:].strip()
     contexts = tuple(sentence[:cut] + doc[key] for key in ("option1", "option2"))
-    gold = {"1": 0, "2": 1}[str(doc["answer"]).strip()]
+    gold = {"1": 0, "2": 1}.get(str(doc["answer"]).strip(), -1)  # test split: no answer
     return Example(context=contexts[gold], choices=(rest, rest), gold=gold, contexts=contexts)
 
 

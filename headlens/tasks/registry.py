@@ -46,6 +46,7 @@ class Task:
         separator: text between demonstrations and before the query (a blank line).
         group: registry group (``study``, ``offline``) or ``file``.
         origin: the file this entry came from.
+        description: free text (documentation only; never part of a prompt).
     """
 
     name: str
@@ -62,6 +63,7 @@ class Task:
     separator: str = "\n\n"
     group: str = ""
     origin: str = ""
+    description: str = ""
 
     def __post_init__(self) -> None:
         from headlens.tasks.processors import PROCESSORS
@@ -123,7 +125,7 @@ def task_from_entry(entry: dict, *, group: str = "", origin: str = "") -> Task:
         if key not in entry:
             raise HeadlensError(f"{origin}: task {name!r} needs a {key!r} entry")
     source = dict(entry.pop("source"))
-    if source.get("kind") == "files" and origin and "path" in source:
+    if source.get("kind") in ("files", "examples") and origin and "path" in source:
         path = Path(str(source["path"])).expanduser()
         source["path"] = str(path if path.is_absolute() else (Path(origin).parent / path).resolve())
     train = splits.get("train", "train")
@@ -136,10 +138,17 @@ def task_from_entry(entry: dict, *, group: str = "", origin: str = "") -> Task:
 
 def _read_mapping(path: Path) -> Any:
     text = path.read_text()
+    if path.suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            try:
+                import tomli as tomllib  # type: ignore[no-redef]
+            except ImportError:
+                raise HeadlensError(f"{path}: TOML task files need Python >= 3.11 or `pip install tomli`; "
+                                    f"or write the task as YAML") from None
     try:
         if path.suffix == ".toml":
-            import tomllib
-
             return tomllib.loads(text)
         import yaml
 

@@ -126,7 +126,7 @@ def _check_labels(task, examples: list[Example], split: str, where: str) -> None
 
 def load_examples(task, split: str, data_dir: str | Path | None, seed: int = 0) -> list[Example]:
     """Examples of one split (cached in memory per task source, split, data_dir and seed)."""
-    key = (task.name, json.dumps(task.source, sort_keys=True, default=str), task.processor,
+    key = (task.name, task.version, json.dumps(task.source, sort_keys=True, default=str), task.processor,
            json.dumps(task.template, sort_keys=True), split, str(data_dir), seed)
     if key in _CACHE:
         return _CACHE[key]

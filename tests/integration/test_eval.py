@@ -33,11 +33,15 @@ def run_cli(args, capsys, monkeypatch):
     return code, out.out, out.err
 
 
-@pytest.fixture(scope="module")
-def hf_gpt2(tiny_dir):
+_HF: dict = {}
+
+
+def hf_model(tiny_dir, arch):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(tiny_dir / "gpt2")).eval()
+    if arch not in _HF:
+        _HF[arch] = AutoModelForCausalLM.from_pretrained(str(tiny_dir / arch)).eval()
+    return _HF[arch]
 
 
 def by_hand(hf, item, j):
@@ -49,13 +53,18 @@ def by_hand(hf, item, j):
     return sum(float(logp[len(ctx) - 1 + t, tok]) for t, tok in enumerate(cont))
 
 
-@pytest.mark.parametrize("task", ["arc_easy", "boolq", "winogrande", "record"])
-def test_choice_logprobs_match_hf_by_hand(task, tiny_models, hf_gpt2):
-    model = tiny_models["gpt2"]
+@pytest.mark.parametrize("arch, task", [("gpt2", "arc_easy"), ("gpt2", "boolq"), ("gpt2", "winogrande"),
+                                        ("gpt2", "record"), ("llama", "hellaswag")])
+def test_choice_logprobs_match_hf_by_hand(arch, task, tiny_models, tiny_dir):
+    model = tiny_models[arch]
+    hf = hf_model(tiny_dir, arch)
     prep = prepare(model, task, 1, data_dir=FIXTURES)
+    # Llama-family models get a BOS token; GPT-2 gets none (the study's convention)
+    has_bos = [it.context_ids[0] == model.tokenizer.bos_token_id for it in prep.items]
+    assert all(has_bos) if arch == "llama" else not any(has_bos)
     got = choice_logprobs(model, prep.items, batch_size=4, progress=False)
     for item, lp in zip(prep.items, got):
-        want = [by_hand(hf_gpt2, item, j) for j in range(len(item.choice_ids))]
+        want = [by_hand(hf, item, j) for j in range(len(item.choice_ids))]
         # fp32 forward on CPU vs float64 log-softmax of HF logits: 1e-4 absolute
         np.testing.assert_allclose(lp, want, atol=1e-4)
     # packing several examples per pass or one per pass gives the same numbers
@@ -136,3 +145,38 @@ def test_model_without_tokenizer_is_an_error():
     fake = SimpleNamespace(cfg=SimpleNamespace(n_ctx=64), tokenizer=None)
     with pytest.raises(HeadlensError, match="no tokenizer"):
         prepare(fake, "piqa", 0, data_dir=FIXTURES)
+
+
+def test_cli_eval_on_a_jsonl_task(tiny_dir, tmp_path, capsys, monkeypatch):
+    rows = [{"context": f"Copy: {w} ->", "choices": [f" {w}", f" {v}"], "gold": 0}
+            for w, v in [("apple", "pear"), ("stone", "river"), ("cloud", "tree"), ("glass", "paper")]]
+    path = tmp_path / "copy.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = run_cli(["eval", "--model", str(tiny_dir / "gpt2"), "--task", str(path), "--shots", "1",
+                              "--format", "json"], capsys, monkeypatch)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["task"] == "copy" and res["n"] == 4 and res["shots"] == 1
+    path.write_text(path.read_text() + '{"context": "x", "choices": [" a", " b"], "gold": 5}\n')
+    code, out, err = run_cli(["eval", "--model", str(tiny_dir / "gpt2"), "--task", str(path)], capsys, monkeypatch)
+    assert code == 2 and f"{path}:5: gold 5 out of range" in err
+
+
+def test_cli_eval_comma_list_and_text_output(tiny_dir, capsys, monkeypatch):
+    model = str(tiny_dir / "gpt2")
+    code, out, err = run_cli(["eval", "--model", model, "--task", "copa,rte", "--shots", "0", "--limit", "1",
+                              "--data-dir", str(FIXTURES), "--format", "json"], capsys, monkeypatch)
+    assert code == 0, err
+    assert [(r["task"], r["n"], r["shots"]) for r in json.loads(out)] == [("copa", 1, 0), ("rte", 1, 0)]
+    code, out, err = run_cli(["eval", "--model", model, "--task", "rte", "--data-dir", str(FIXTURES)],
+                             capsys, monkeypatch)
+    assert code == 0 and out.startswith("rte") and "acc=" in out and "truncated=0" in out
+
+
+def test_cli_tasks_lists_the_registry(capsys, monkeypatch):
+    code, out, err = run_cli(["tasks", "--group", "study", "--format", "json"], capsys, monkeypatch)
+    assert code == 0, err
+    rows = json.loads(out)
+    assert len(rows) == 14 and rows[2] == {"task": "arc_easy", "group": "study", "version": 1, "metric": "acc",
+                                           "train_split": "train", "eval_split": "test",
+                                           "source": "allenai/ai2_arc/ARC-Easy"}

@@ -215,3 +215,57 @@ def test_yaml_task_with_local_files_and_bad_keys(tmp_path):
     bad.write_text("name: x\nversion: 1\nmetric: accc\nsource: {kind: hub, path: a/b}\n")
     with pytest.raises(HeadlensError, match="did you mean acc"):
         get_task(str(bad))
+
+
+def test_data_dir_without_files_is_used_as_a_datasets_cache(tmp_path, monkeypatch):
+    import datasets
+
+    seen = {}
+
+    def fake_load(path, name=None, split=None, **kwargs):
+        seen.update(path=path, name=name, split=split, **kwargs)
+        return [{"passage": "p", "question": "q", "label": 1}]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    (ex,) = get_task("boolq").examples("validation", tmp_path)
+    assert seen == {"path": "aps/super_glue", "name": "boolq", "split": "validation", "cache_dir": str(tmp_path)}
+    assert ex.context == "p\nQuestion: q?\nAnswer:" and ex.gold == 1
+
+
+def test_hub_failure_offline_is_one_clear_error(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'aps/super_glue' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(HeadlensError, match="cannot load split 'train' of aps/super_glue/cb .*--data-dir"):
+        get_task("cb").examples("train")
+
+
+def test_truncation_keeps_the_largest_fitting_number_of_demos(tok):
+    """Against brute force: for every limit, k is the largest count whose exact prompt fits."""
+    full = prepare(tok, "piqa", 3, data_dir=FIXTURES)
+    for item in full.items:
+        demos = item.prompt.split("\n\n")[:-1]
+        ex = item.example
+
+        def longest(k):
+            ctx = "".join(d + "\n\n" for d in demos[len(demos) - k:]) + ex.context
+            n_ctx = len(tok(ctx, add_special_tokens=False)["input_ids"])
+            return max(len(tok(ctx + c, add_special_tokens=False)["input_ids"]) for c in ex.choices), n_ctx
+
+        sizes = [longest(k)[0] for k in range(4)]
+        for limit in range(sizes[0] - 1, sizes[3] + 2):
+            want = max((k for k in range(4) if sizes[k] <= limit), default=None)
+            prep = prepare(tok, "piqa", 3, data_dir=FIXTURES, limit=len(full.items), max_len=limit)
+            got = next((i for i in prep.items if i.example.doc_id == ex.doc_id), None)
+            assert (got.n_demos if got else None) == want, limit
+
+
+def test_unlabelled_split_says_which_split_to_use(tmp_path):
+    (tmp_path / "winogrande").mkdir()
+    (tmp_path / "winogrande" / "test.jsonl").write_text(
+        '{"sentence": "A _ b.", "option1": "x", "option2": "y", "answer": ""}\n')
+    with pytest.raises(HeadlensError, match="unlabelled splits cannot be scored, use --split validation"):
+        get_task("winogrande").examples("test", tmp_path)
