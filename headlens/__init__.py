@@ -17,9 +17,14 @@ _LAZY = {
     "gated": "headlens.gates",
     "load_model": "headlens.loading",
     "Scores": "headlens.results",
+    "evaluate": "headlens.scoring",
+    "get_task": "headlens.tasks",
+    "task_importance": "headlens.importance",
+    "layer_distances": "headlens.layers",
 }
 
-__all__ = ["HeadlensError", "Gates", "Scores", "__version__", "gated", "load_model"]
+__all__ = ["HeadlensError", "Gates", "Scores", "__version__", "evaluate", "gated", "get_task",
+           "layer_distances", "load_model", "task_importance"]
 
 
 def __getattr__(name: str):
