@@ -189,20 +189,24 @@ def prefix_matching_scores(
 ) -> Float[Tensor, "*batch_heads"]:
     """Mean attention from repeated tokens to the token after each earlier copy of themselves.
 
-    With ``A`` the attention pattern and ``t`` the tokens,
+    With ``A`` the attention pattern and ``t`` the tokens (a prefix of ``offset = pos % period``
+    tokens, 1 for BOS, then copies of S with ``len(S) = period``),
     ``score = mean over queries i of sum over keys k with 1 <= k <= i and t[k-1] == t[i] of A[i, k]``
-    where the queries are the positions of repeats 2..n (``i >= offset + period`` with
-    ``offset = pos % period``, i.e. 1 with a BOS prefix, 0 without). This is the
-    prefix-matching score of Olsson et al. (2022) in the form of Bansal et al. (2023).
+    where the queries are the positions of copies 2..n (``i >= offset + period``): the
+    prefix-matching score of Olsson et al. (2022) as used by Bansal et al. (2023). Because S
+    has unique tokens the keys are ``i - m * period + 1`` for ``m = 1, 2, ...`` (while
+    ``i - m * period >= offset``), so the score is one gather of [queries x (copies - 1)]
+    entries per head, never a [query, key] mask.
 
-    The reference code also adds, at the last token of every repeat, the attention paid to
+    The reference code also adds, at the last token of every copy, the attention paid to
     the first token of S (position ``offset``), which follows BOS and not a copy of the
     query token. That term is wrong and dropped here; ``spurious_last_token=True`` puts it
     back, for reproducing the reference's numbers.
 
     Args:
         patterns: attention probabilities; leading dims (e.g. ``batch n_heads``) are kept.
-        tokens: ``[pos]``, or ``[batch, pos]`` matching the first dim of ``patterns``.
+        tokens: ``[pos]``, or ``[batch, pos]`` matching the first dim of ``patterns``; checked
+            to repeat with ``period``.
         period: the length L of the repeated sequence S.
 
     Returns:
@@ -214,20 +218,25 @@ def prefix_matching_scores(
             f"prefix_matching_scores: patterns end in {tuple(patterns.shape[-2:])} but tokens "
             f"have {n} positions; pass one [.., pos, pos] pattern per token sequence")
     if period < 1 or n < 2 * period:
-        raise HeadlensError(f"prefix_matching_scores: period {period} needs at least two repeats in {n} tokens")
+        raise HeadlensError(f"prefix_matching_scores: period {period} needs at least two copies in {n} tokens")
     offset = n % period
-    tokens = tokens.to(patterns.device)
-    q = torch.arange(n, device=patterns.device)
-    prev = torch.cat([tokens.new_full((*tokens.shape[:-1], 1), -1), tokens[..., :-1]], -1)
-    mask = (prev[..., None, :] == tokens[..., :, None]) & (q[None, :] <= q[:, None])
+    if not torch.equal(tokens[..., offset + period:], tokens[..., offset:n - period]):
+        raise HeadlensError(
+            f"prefix_matching_scores: tokens do not repeat with period {period} after a prefix of "
+            f"{offset}; pass [BOS] + S * k from repeated_random_tokens and period=len(S)")
+    device = patterns.device
+    queries = torch.arange(offset + period, n, device=device)
+    back = torch.arange(1, (n - offset) // period, device=device) * period
+    earlier = queries[:, None] - back[None, :]  # positions of earlier copies of the query token
+    valid = earlier >= offset
+    keys = (earlier + 1).clamp_min(0)
+    rows = patterns[..., offset + period:, :]
+    picked = rows.gather(-1, keys.expand(*rows.shape[:-1], keys.shape[-1]))
+    per_query = (picked * valid).sum(-1)
     if spurious_last_token:
-        last = ((q - offset) % period == period - 1) & (q >= offset + period)
-        mask = mask.clone()
-        mask[..., last, offset] = True
-    if tokens.dim() == 2:  # [batch, q, k] -> [batch, 1, q, k] against [batch, heads, q, k]
-        mask = mask[:, None]
-    per_query = (patterns * mask.to(patterns.dtype)).sum(-1)
-    return per_query[..., offset + period:].mean(-1)
+        last = (queries - offset) % period == period - 1
+        per_query = per_query + rows[..., offset] * last
+    return per_query.mean(-1)
 
 
 def _check_lengths(model, seeds: list[int], n_copies: int, what: str) -> None:
