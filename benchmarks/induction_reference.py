@@ -24,21 +24,25 @@ NOISE_FLOOR = 1e-6
 
 
 def prefix_loop(patterns: list[torch.Tensor], length: int, *, fix: bool = True) -> torch.Tensor:
-    """Reference prefix matching on ``[BOS] + S*4`` from per-layer [heads, pos, pos] patterns."""
+    """Reference prefix matching on ``[BOS] + S*4`` from per-layer [heads, pos, pos] patterns.
+
+    As the reference: every attention entry is read with ``.item()`` and added into the
+    result tensor element by element.
+    """
     n_layers, n_heads = len(patterns), patterns[0].shape[0]
-    out = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+    attn_matrix = torch.zeros(n_layers, n_heads, dtype=torch.float64)
     for layer in range(n_layers):
         for head in range(n_heads):
-            attn = patterns[layer][head]
-            total, count = 0.0, 0
+            attn_prob = patterns[layer][head]
+            c = 0
             for j in range(length + 1, 4 * length + 1):
                 for num in range(j // length):
                     if fix and j % length == 0 and num == 0:
                         continue  # key 1 follows BOS, not an earlier copy of token j
-                    total += attn[j][num * length + (j % length) + 1].item()
-                count += 1
-            out[layer, head] = total / count
-    return out
+                    attn_matrix[layer][head] += attn_prob[j][num * length + (j % length) + 1].item()
+                c += 1
+            attn_matrix[layer][head] = attn_matrix[layer][head] / c
+    return attn_matrix
 
 
 def gpt2_patterns(hf, tokens: torch.Tensor, *, embeddings_only: bool = False) -> dict:
@@ -72,52 +76,71 @@ def gpt2_patterns(hf, tokens: torch.Tensor, *, embeddings_only: bool = False) ->
     return out
 
 
-def _copying_from_probs(probs: torch.Tensor, patterns: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """The reference's per-(head, position) loop on softmaxed [heads, pos, vocab] outputs."""
+def copying_loop_from_writes(writes: torch.Tensor, pattern: torch.Tensor, tokens: torch.Tensor,
+                             W_U: torch.Tensor, b_U: torch.Tensor | None = None) -> torch.Tensor:
+    """The reference's scoring stage for one layer: full [heads, pos, vocab] softmax, then a
+    Python loop over heads and query positions with a few tensor ops and ``.item()`` each."""
+    logits = writes @ W_U
+    if b_U is not None:
+        logits = logits + b_U
+    probs = logits.float().softmax(-1)  # h, l, vocab: the reference materialises all of it
     n_heads, n = probs.shape[0], probs.shape[1]
-    out = torch.zeros(n_heads, dtype=torch.float64)
+    copying_matrix = torch.zeros(n_heads, dtype=torch.float64)
     for head in range(n_heads):
-        max_ind = patterns[head].argmax(-1)
-        total, count = 0.0, 0
+        # the reference sorts each row and takes the end; a stable descending sort gives the
+        # first maximal position on ties, the rule headlens documents (argmax)
+        _, ind = torch.sort(pattern[head], dim=1, descending=True, stable=True)
+        max_ind = ind[:, 0]
+        c = 0
         for j in range(1, n):
-            count += 1
-            attendable = probs[head, j, tokens[: j + 1]].double()
+            c += 1
+            attendable_input = tokens[: j + 1]
+            attendable = probs[head][j][attendable_input].double()
             mean = attendable.mean()
             raised = F.relu(attendable - mean)
             raised = torch.where(raised > NOISE_FLOOR * mean, raised, torch.zeros_like(raised))
             picked = raised[max_ind[j]].item()
-            all_ = raised.sum().item()
-            total += picked / all_ if all_ != 0 else 0.0
-        out[head] = total / count
-    return out
+            total = raised.sum().item()
+            score = picked / total if total != 0 else 0.0
+            copying_matrix[head] += score
+        copying_matrix[head] = copying_matrix[head] / c
+    return copying_matrix
 
 
-def copying_loop(hf, tokens: torch.Tensor, variant: str) -> torch.Tensor:
-    """Reference-style copying scores (``paper`` or ``corrected``) of a HF GPT-2 on ``tokens``."""
+def copying_writes(hf, tokens: torch.Tensor, variant: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per layer: what each head sends to the unembedding [heads, pos, d_model], and its pattern.
+
+    ``paper``: embeddings-only inputs, the query position's value through out_proj (with
+    its bias), as the reference. ``corrected``: the real forward pass, z through the head's
+    rows of out_proj (no bias), centred and divided by the real final-LN scale, times its weight.
+    """
     n_heads, d_model = hf.config.n_head, hf.config.n_embd
     d_head = d_model // n_heads
     run = gpt2_patterns(hf, tokens, embeddings_only=variant == "paper")
     ln_f = hf.transformer.ln_f
     final = run["final"]
     scale = (final.var(-1, unbiased=False, keepdim=True) + ln_f.eps).sqrt()
-    out = torch.zeros(len(run["pattern"]), n_heads, dtype=torch.float64)
+    writes_all = []
     for layer, block in enumerate(hf.transformer.h):
-        W_O = block.attn.c_proj.weight  # [d_model (heads x d_head), d_model]
         src = run["v"][layer] if variant == "paper" else run["z"][layer]
         # each head's vector placed in its own slot of a zero d_model vector, through out_proj
         padded = torch.zeros(n_heads, src.shape[1], d_model)
         for head in range(n_heads):
             padded[head, :, head * d_head:(head + 1) * d_head] = src[head]
         if variant == "paper":
-            writes = block.attn.c_proj(padded)  # with the output bias, as the reference
-            logits = hf.lm_head(writes)
+            writes = block.attn.c_proj(padded)
         else:
-            writes = padded @ W_O
-            centred = writes - writes.mean(-1, keepdim=True)
-            logits = (centred / scale * ln_f.weight) @ hf.lm_head.weight.T
-        probs = logits.float().softmax(-1)
-        out[layer] = _copying_from_probs(probs, run["pattern"][layer], tokens)
-    return out
+            writes = padded @ block.attn.c_proj.weight
+            writes = (writes - writes.mean(-1, keepdim=True)) / scale * ln_f.weight
+        writes_all.append(writes)
+    return writes_all, run["pattern"]
+
+
+def copying_loop(hf, tokens: torch.Tensor, variant: str) -> torch.Tensor:
+    """Reference-style copying scores (``paper`` or ``corrected``) of a HF GPT-2 on ``tokens``."""
+    writes, patterns = copying_writes(hf, tokens, variant)
+    W_U = hf.lm_head.weight.T
+    return torch.stack([copying_loop_from_writes(w, p, tokens, W_U) for w, p in zip(writes, patterns)])
 
 
 def eigen_loop(hf) -> torch.Tensor:
