@@ -360,22 +360,23 @@ def copying_scores(
     row_pos = torch.arange(n, device=device).repeat(n_heads)
     row_att = attended.reshape(-1).to(device)
     keys = torch.arange(n, device=device)
-    shares = torch.empty(n_heads * n, dtype=torch.float32, device=device)
+    shares = torch.empty(n_heads * n, dtype=torch.float64, device=device)
     for start in range(0, n_heads * n, chunk_size):
         sl = slice(start, start + chunk_size)
         logits = rows[sl] @ W_U
         if b_U is not None:
             logits = logits + b_U
-        logits = logits.float()
+        # float64 after the projection: raised values are small differences of probabilities
+        lse = torch.logsumexp(logits.float(), -1, keepdim=True).double()
         seen = keys[None, :] <= row_pos[sl, None]
-        probs = torch.exp(logits[:, tokens] - torch.logsumexp(logits, -1, keepdim=True)).masked_fill(~seen, 0.0)
+        probs = torch.exp(logits[:, tokens].double() - lse).masked_fill(~seen, 0.0)
         mean = probs.sum(-1, keepdim=True) / (row_pos[sl, None] + 1)
         raised = probs - mean
         raised = raised.masked_fill(~seen | (raised <= NOISE_FLOOR * mean), 0.0)
         total = raised.sum(-1)
         picked = raised.gather(-1, row_att[sl, None]).squeeze(-1)
-        shares[sl] = torch.where(total > 0, picked / total.clamp_min(1e-30), torch.zeros_like(total))
-    return shares.view(n_heads, n)[:, 1:].double().mean(-1)
+        shares[sl] = torch.where(total > 0, picked / total.clamp_min(1e-300), torch.zeros_like(total))
+    return shares.view(n_heads, n)[:, 1:].mean(-1)
 
 
 def _ln_weight(module) -> Tensor | None:
@@ -554,9 +555,3 @@ def copying(
     return _aggregate(per_seed, "copying", model,
                       {"variant": variant, "seeds": seeds, "exclude_frac": exclude_frac, "bos": bos})
 
-
-def induction_scores(model, seeds: Sequence[int] | int = DEFAULT_SEEDS, *, copying_variant: CopyingVariant = "corrected",
-                     progress: bool = False) -> tuple[Scores, Scores]:
-    """Both scores, as the CLI computes them: (prefix matching, copying)."""
-    return (prefix_matching(model, seeds, progress=progress),
-            copying(model, copying_variant, seeds, progress=progress))

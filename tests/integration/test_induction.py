@@ -172,13 +172,14 @@ def test_shapes_and_ranges_on_tiny_architectures(arch, tiny_models):
 
 
 def test_eigen_maps_query_heads_to_their_kv_head_under_gqa(tiny_models):
-    """Llama fixture: 4 query heads, 2 kv heads. Full vocab x vocab circuits, one by one."""
+    """Llama fixture: 4 query heads, 2 kv heads. Full vocab x vocab circuits, one by one (last layer)."""
     model = tiny_models["llama"]
     e = copying(model, "eigen").values
     n_rep = model.cfg.n_heads // model.cfg.n_key_value_heads
+    assert n_rep == 2
     gf = model.ln_final.original_component.weight.double()
     W_E, W_U = model.W_E.double(), model.W_U.double() * gf[:, None]
-    for layer in range(model.cfg.n_layers):
+    for layer in [model.cfg.n_layers - 1]:
         g1 = model.blocks[layer].ln1.original_component.weight.double()
         for head in range(model.cfg.n_heads):
             W_V = model.W_V[layer, head // n_rep].double() * g1[:, None]
