@@ -426,7 +426,7 @@ def _copying_run(model, toks: Tensor, variant: str) -> tuple[list[Tensor], list[
             state["x0"] = x
 
         def feed_embed(x: Tensor, hook) -> Tensor:
-            return state["x0"]
+            return state["x0"].to(x.device)
 
         hooks += [(hooknames.resid_pre(0), store_embed)]
         hooks += [(hooknames.resid_pre(l), feed_embed) for l in range(1, n_layers)]
