@@ -17,7 +17,14 @@ the unembedding).
 LayerNorms are made harmless: every vector written into the residual stream is centred
 (the all-ones direction is projected out), so LN's mean subtraction does nothing and LN
 only rescales; the LN weights undo that scale for the expected number of active features,
-and all biases are zero. The final LN's rescaling does not change the argmax.
+and all biases are zero. The final LN's rescaling does not change the argmax. The centring
+leaks a uniform -1/d_model from L0H1's output into OUT, so its full OV circuit is a tiny
+constant matrix with one negative eigenvalue: its ``eigen`` copying score is -1 (not copying).
+
+Expected scores (seeds 0-2): prefix matching L1H2 = 1.000, every other head < 0.05; copying
+L1H2 = 1.000 under ``paper``, ``corrected`` and ``eigen``, every other head 0 (L0H1 -1 under
+``eigen``). The induction continuation is predicted with probability > 0.99; zero-ablating
+L1H2 or L0H1 drops it to chance, other heads change nothing.
 
 The tokenizer is word-level (``t3`` ... ``t159`` plus ``<bos> <unk> <pad>``), built with
 ``tokenizers`` and saved next to the weights, so ``headlens.load_model(folder)`` loads it.
