@@ -53,3 +53,8 @@ def is_pattern(name: str) -> bool:
 def layer_of(name: str) -> int:
     """Layer index of a ``blocks.{l}.…`` hook name."""
     return int(name.split(".")[1])
+
+
+def final_scale() -> str:
+    """The final norm's divisor at each position: [batch, pos, 1]."""
+    return "ln_final.hook_scale"
