@@ -630,6 +630,26 @@ def layers_heal(
 # ----------------------------------------------------------------------------- demo
 
 
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("headlens-out"), "--out", "-o", help="Folder for figures, results and report.html."),
+    model: str = ModelOpt,
+    tasks: str = typer.Option("offline", "--tasks", help="Task group or comma list (default: the 14 offline tasks)."),
+    importance_limit: int = typer.Option(48, "--importance-limit", help="Train queries per task for importance."),
+    eval_limit: int = typer.Option(64, "--eval-limit", help="Test queries per task for accuracy."),
+    prune_limit: int = typer.Option(32, "--prune-limit", help="Test queries per task for each pruning point."),
+    seed: int = typer.Option(0, "--seed"),
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """The whole study on the shipped model, offline: every figure and one HTML report."""
+    from headlens.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(model=model, tasks=tasks, importance_limit=importance_limit, eval_limit=eval_limit,
+                     prune_limit=prune_limit, seed=seed, device=device)
+    report = run_demo(out, cfg, log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"report: {report.resolve()}")
+
+
 # ----------------------------------------------------------------------------- report
 
 
