@@ -36,7 +36,7 @@ import os
 import re
 import shlex
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -506,13 +506,10 @@ def expand(spec: SweepSpec) -> list[Job]:
             for shots in spec.shots:
                 for seed in spec.seeds:
                     base = dict(task=tname, task_name=task.name, shots=shots, seed=seed, limit=limit, **common)
-                    imp_keys: dict[str, str] = {}
                     variants = list(spec.importance.variants) if spec.importance else []
-                    if spec.pruning and spec.pruning.variant not in variants:
-                        variants_needed = [spec.pruning.variant]
-                    else:
-                        variants_needed = []
-                    for variant in variants + variants_needed:
+                    ranked_by = [spec.pruning.variant] if spec.pruning else []
+                    imp_keys: dict[str, str] = {}
+                    for variant in dict.fromkeys(variants + ranked_by):
                         imp_keys[variant] = cache_key(
                             kind="importance", model=info, dtype=dtype, **task.key, shots=shots, seed=seed,
                             limit=limit, variant=variant, split=task.importance_split,
@@ -576,6 +573,7 @@ def reproduce_command(job: Job) -> str:
 # One model per process: a worker that runs many jobs of the same model loads it once; a job
 # of another model replaces it (so a worker never holds two large models).
 _LOADED: dict[tuple, Any] = {}
+_LOADS = [0]  # models loaded by this process (reported per job, so tests can count them)
 
 
 def loaded_model(spec: ModelSpec):
@@ -590,6 +588,7 @@ def loaded_model(spec: ModelSpec):
             torch.cuda.empty_cache()
         from headlens.loading import load_model
 
+        _LOADS[0] += 1
         _LOADED[key] = load_model(spec.name, device=spec.device, dtype=spec.dtype,  # type: ignore[arg-type]
                                   revision=spec.revision)
     return _LOADED[key]
@@ -689,8 +688,9 @@ def run_job(job: Job, cache_root: str | os.PathLike | None = None) -> dict:
     """Compute one job (or read it from the cache), store it under ``job.key``, save its files.
 
     Returns:
-        ``{"key", "analysis", "value", "computed", "seconds", "files", "pid"}``; ``value`` is the
-        cached JSON value; ``computed`` is False when the cache already held it.
+        ``{"key", "analysis", "value", "computed", "seconds", "files", "pid", "loaded_model"}``;
+        ``value`` is the cached JSON value; ``computed`` is False when the cache already held it;
+        ``loaded_model`` is True when this job had to load its model (the process held another).
     """
     from headlens.cache import ResultCache
     from headlens.results import version
@@ -699,7 +699,7 @@ def run_job(job: Job, cache_root: str | os.PathLike | None = None) -> dict:
         raise HeadlensError(f"sweep: this worker runs headlens {version()} but the sweep was expanded with "
                             f"{job.version}; install the same headlens version on every node")
     cache = ResultCache(cache_root if cache_root is not None else job.cache)
-    start = time.perf_counter()
+    start, loads = time.perf_counter(), _LOADS[0]
     value = cache.get(job.kind, job.key)
     computed = value is None
     if computed:
@@ -708,9 +708,5 @@ def run_job(job: Job, cache_root: str | os.PathLike | None = None) -> dict:
             cache.put(job.kind, job.key, value)
     files = write_outputs(job, value)
     return {"key": job.key, "analysis": job.analysis, "value": value, "computed": computed,
-            "seconds": time.perf_counter() - start, "files": files, "pid": os.getpid()}
-
-
-def with_cache(jobs: list[Job], cache: str | None) -> list[Job]:
-    """The same jobs pointed at another cache root (what reproduce commands mention)."""
-    return [replace(j, cache=cache) for j in jobs]
+            "seconds": time.perf_counter() - start, "files": files, "pid": os.getpid(),
+            "loaded_model": _LOADS[0] > loads}

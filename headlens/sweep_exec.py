@@ -40,6 +40,7 @@ class JobRecord:
     seconds: float = 0.0
     computed: bool = False
     pid: int | None = None
+    loaded_model: bool = False
 
     def to_dict(self) -> dict:
         j = self.job
@@ -382,6 +383,7 @@ def run_sweep(spec: SweepSpec, *, workers: int = 1, ray_address: str | None = No
                             cache.put(job.kind, job.key, result["value"])
                         write_outputs(job, result["value"], only_missing=True)
                         r.seconds, r.computed, r.pid = result["seconds"], result["computed"], result["pid"]
+                        r.loaded_model = bool(result.get("loaded_model"))
                         finish(r, "done")
                     elif r.attempts <= spec.retries:
                         r.status, r.error = "pending", _one_line(err)
