@@ -11,6 +11,17 @@ it stopped: entries are written atomically and only after the job finished.
 Executing a whole sweep (local process pool or Ray, retries, live table):
 :func:`headlens.sweep_exec.run_sweep`.
 
+Keys of a sweep file (unknown keys are an error that names the closest valid one):
+    ``name``; ``models`` (each a string, or ``{name, num_gpus, num_cpus, memory, dtype,
+    device, revision, label}``); ``tasks`` (registered names, groups ``study``/``all``/
+    ``offline``, or task files); ``shots``; ``seeds`` (demonstration draws); ``limit``
+    (importance queries per task); ``data_dir``; ``output``; ``cache``; ``retries`` (default
+    1); ``dtype``/``device`` (defaults for every model); ``analyses``, a mapping (or list) of:
+    ``importance: {variants, batch_size}``, ``pruning: {what, variant, limit, random_seeds,
+    batch_size}`` (``limit``: evaluation queries), ``induction: {scores, copying, seeds}``
+    (``seeds``: how many token sequences), ``layer_distances: {n_texts, text_file, dataset,
+    seed, batch_size, max_len}``.
+
 Example sweep file::
 
     name: study

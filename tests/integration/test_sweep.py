@@ -283,9 +283,22 @@ def test_pruning_and_layer_distance_jobs_equal_direct_calls(two_models, tmp_path
     saved = pd.read_csv(out / "pruning" / "heads-copa-0shot-bansal-seed0.csv")
     np.testing.assert_allclose(saved[["percent", "acc"]].to_numpy(), direct[["percent", "acc"]].to_numpy())
     dist = layer_distances(bridge, texts)
-    saved = json.loads((out / "layer_distances" / "distances-3texts-seed0.json").read_text())
-    for a, b in zip(saved["distance"], dist.to_dict()["distance"]):
+    saved_dist = json.loads((out / "layer_distances" / "distances-3texts-seed0.json").read_text())
+    for a, b in zip(saved_dist["distance"], dist.to_dict()["distance"]):
         np.testing.assert_allclose(a, b, rtol=1e-6)  # float32 forward passes, same inputs
+    # each job's reproduce command gives the same numbers on its own
+    from headlens.cli import app
+
+    by_analysis = {r.job.analysis: r.job for r in report.records}
+    for analysis, check in (("pruning", lambda o: np.testing.assert_allclose(
+                                [p["acc"] for p in o["curve"]], saved["acc"].to_numpy())),
+                            ("layer_distances", lambda o: [np.testing.assert_allclose(a, b, rtol=1e-6)
+                                                           for a, b in zip(o["distance"], saved_dist["distance"])])):
+        words = shlex.split(by_analysis[analysis].command)
+        assert words[1] == "headlens"
+        res = CliRunner().invoke(app, words[2:] + ["--format", "json"], env={"HEADLENS_CACHE": words[0].split("=", 1)[1]})
+        assert res.exit_code == 0, res.output
+        check(json.loads(res.stdout.strip().splitlines()[-1]))
 
 
 def test_induction_jobs_equal_direct_calls(two_models, tmp_path):
