@@ -443,6 +443,8 @@ class Job:
         parts = [self.analysis, self.model.label]
         if self.task_name is not None:
             parts += [self.task_name, f"{self.shots}-shot"]
+        if self.analysis == "induction":
+            parts.append(str(self.option("score")))
         if self.variant:
             parts.append(self.variant)
         if self.analysis == "pruning":
