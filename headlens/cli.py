@@ -669,6 +669,51 @@ def report_cmd(
 # ----------------------------------------------------------------------------- sweep
 
 
+@app.command("sweep")
+def sweep_cmd(
+    file: Path = typer.Argument(..., help="Sweep YAML file: models, tasks, shots, seeds, analyses (see data/sweeps/)."),
+    workers: int = typer.Option(1, "--workers", "-w", help="Local worker processes (each keeps one model loaded)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Run one Ray task per job: auto, "
+                                              "HOST:PORT, or local (needs pip install 'headlens[ray]')."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs and which are cached; run nothing."),
+    fmt: str = FormatOpt,
+) -> None:
+    """Run a sweep file's jobs (models x tasks x shots x analyses), skipping cached ones; resumable."""
+    check_format(fmt)
+    from headlens.sweep import load_sweep
+    from headlens.sweep_exec import plan, run_sweep
+
+    spec = load_sweep(file)
+    if dry_run:
+        jobs = plan(spec)
+        if fmt == "json":
+            print_json({"sweep": spec.name, "n_jobs": len(jobs), "n_cached": sum(c for _, c in jobs),
+                        "output": spec.output,
+                        "jobs": [{"key": j.key, "analysis": j.analysis, "model": j.model.name, "task": j.task_name,
+                                  "shots": j.shots, "variant": j.variant, "seed": j.seed, "limit": j.limit,
+                                  "cached": c, "command": j.command} for j, c in jobs]})
+            return
+        for j, c in jobs:
+            typer.echo(f"{'cached' if c else 'to run':<7} {j.key}  {j.label}")
+        n = sum(c for _, c in jobs)
+        typer.echo(f"{len(jobs)} jobs: {n} cached, {len(jobs) - n} to run; output {spec.output}")
+        return
+    live = fmt == "text" and sys.stderr.isatty()
+
+    def log(record) -> None:
+        if record.status in ("done", "failed") and fmt == "text" and not live:
+            note = f" ({record.seconds:.1f}s)" if record.status == "done" else f": {record.error}"
+            typer.echo(f"{record.status:<6} {record.job.label}{note}", err=True)
+
+    report = run_sweep(spec, workers=workers, ray_address=ray_address, progress=live, on_event=log)
+    if fmt == "json":
+        print_json(report.to_dict())
+    else:
+        typer.echo(report.summary())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 @app.command("models")
 def models_cmd() -> None:
     """List the models shipped in data/models/."""
