@@ -166,11 +166,24 @@ def load_model(
     bridge.eval()
     for p in bridge.parameters():
         p.requires_grad_(False)
+    bridge.headlens_info = identify(model, revision=revision)
+    return bridge
+
+
+def identify(model: str, *, revision: str | None = None) -> ModelInfo:
+    """The :class:`ModelInfo` that :func:`load_model` attaches, computed without loading."""
+    target, source = resolve(model)
     fingerprint = (_folder_fingerprint(Path(target)) if source != "hub"
                    else hashlib.sha256(f"{model}@{revision}".encode()).hexdigest()[:16])
-    bridge.headlens_info = ModelInfo(name=model if source != "local" else str(Path(target)),
-                                     source=source, revision=revision, fingerprint=fingerprint)
-    return bridge
+    return ModelInfo(name=model if source != "local" else str(Path(target)), source=source,
+                     revision=revision, fingerprint=fingerprint)
+
+
+def torch_dtype(dtype: str) -> torch.dtype:
+    """``float32``/``fp16``/... -> torch dtype, with a clear error for anything else."""
+    if dtype not in _DTYPES:
+        raise HeadlensError(f"unknown dtype {dtype!r}; {closest(dtype, _DTYPES)}")
+    return _DTYPES[dtype]
 
 
 def _check_tokenizer_files(folder: Path) -> None:

@@ -461,19 +461,15 @@ class Job:
 
 def model_identity(spec: ModelSpec):
     """The :class:`headlens.loading.ModelInfo` ``load_model`` will attach, without loading."""
-    from headlens.loading import ModelInfo, _folder_fingerprint, resolve
+    from headlens.loading import identify
 
-    target, source = resolve(spec.name)
-    fingerprint = (_folder_fingerprint(Path(target)) if source != "hub"
-                   else hashlib.sha256(f"{spec.name}@{spec.revision}".encode()).hexdigest()[:16])
-    return ModelInfo(name=spec.name if source != "local" else str(Path(target)), source=source,
-                     revision=spec.revision, fingerprint=fingerprint)
+    return identify(spec.name, revision=spec.revision)
 
 
 def _dtype_str(dtype: str) -> str:
-    from headlens.loading import _DTYPES
+    from headlens.loading import torch_dtype
 
-    return str(_DTYPES[dtype])
+    return str(torch_dtype(dtype))
 
 
 def _file_digest(path: str) -> str:
