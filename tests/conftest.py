@@ -37,3 +37,18 @@ def tiny_models(tiny_dir):
 def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own result cache."""
     monkeypatch.setenv("HEADLENS_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def planted_dir(tmp_path_factory):
+    """The hand-weighted induction model of tests/planted.py, saved as a checkpoint folder."""
+    from tests.planted import build_planted
+
+    return build_planted(tmp_path_factory.mktemp("planted") / "planted")
+
+
+@pytest.fixture(scope="session")
+def planted(planted_dir):
+    from headlens.loading import load_model
+
+    return load_model(str(planted_dir), device="cpu")

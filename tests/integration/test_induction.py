@@ -19,7 +19,7 @@ from headlens.induction import (
     repeated_random_tokens,
     sequence_length,
 )
-from tests.planted import INDUCTION_HEAD, N_VOCAB, PREV_HEAD, build_planted
+from tests.planted import INDUCTION_HEAD, N_VOCAB, PREV_HEAD
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = [0, 1, 2]
@@ -30,18 +30,6 @@ def _reference():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-@pytest.fixture(scope="module")
-def planted_dir(tmp_path_factory):
-    return build_planted(tmp_path_factory.mktemp("planted") / "planted")
-
-
-@pytest.fixture(scope="module")
-def planted(planted_dir):
-    from headlens.loading import load_model
-
-    return load_model(str(planted_dir), device="cpu")
 
 
 def _others(values: np.ndarray, head: tuple[int, int]) -> np.ndarray:

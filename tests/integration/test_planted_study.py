@@ -20,21 +20,9 @@ from headlens.gates import Gates
 from headlens.importance import task_importance
 from headlens.induction import copying, prefix_matching
 from headlens.pruning import TaskEvaluator, cached_curve
-from tests.planted import INDUCTION_HEAD, PREV_HEAD, build_planted
+from tests.planted import INDUCTION_HEAD, PREV_HEAD
 
 N_CHOICES = 4
-
-
-@pytest.fixture(scope="module")
-def planted_dir(tmp_path_factory):
-    return build_planted(tmp_path_factory.mktemp("planted") / "model")
-
-
-@pytest.fixture(scope="module")
-def planted(planted_dir):
-    from headlens.loading import load_model
-
-    return load_model(str(planted_dir), device="cpu")
 
 
 @pytest.fixture(scope="module")
