@@ -533,13 +533,11 @@ def causal_check(model, task: str, shots: int, induction: Scores, importance: Sc
 
     from headlens.gates import Gates, n_layers_heads
 
-    if evaluate is None:
-        try:
-            from headlens.scoring import evaluate
-        except ImportError as err:
-            raise HeadlensError(
-                "causal_check: headlens.scoring.evaluate is not available in this install; "
-                "pass evaluate=your_function") from err
+    task_evaluator = None
+    if evaluate is None:  # prompts prepared once, scored through each condition's gates
+        from headlens.pruning import TaskEvaluator
+
+        task_evaluator = TaskEvaluator(model, task, shots, limit=limit, seed=seed, metric=metric)
     n_layers, n_heads = n_layers_heads(model)
     _check_heads([induction, importance], "causal_check")
     if induction.values.shape != (n_layers, n_heads):
@@ -556,6 +554,8 @@ def causal_check(model, task: str, shots: int, induction: Scores, importance: Sc
         heads = torch.ones(n_layers * n_heads, device=device)
         heads[torch.as_tensor(flat, dtype=torch.long, device=device)] = 0.0
         gates = Gates(heads=heads.reshape(n_layers, n_heads))
+        if task_evaluator is not None:
+            return task_evaluator(gates)
         result = evaluate(model, task, shots, limit=limit, seed=seed, gates=gates)
         return float(getattr(result, "metrics", result)[metric])
 
