@@ -129,16 +129,16 @@ def _run(out, cfg: DemoConfig, log, progress: bool) -> Path:
 
         seeds = list(range(cfg.induction_seeds))
         ind = {}
-        for metric, fn in [("prefix_matching", lambda: induction.prefix_matching(model, seeds=seeds)),
+        for order, (metric, fn) in enumerate([("prefix_matching", lambda: induction.prefix_matching(model, seeds=seeds)),
                            ("copying_corrected", lambda: induction.copying(model, variant="corrected", seeds=seeds)),
                            ("copying_eigen", lambda: induction.copying(model, variant="eigen", seeds=seeds)),
-                           ("copying_paper", lambda: induction.copying(model, variant="paper", seeds=seeds))]:
+                           ("copying_paper", lambda: induction.copying(model, variant="paper", seeds=seeds))]):
             from headlens.results import Scores
 
             ind[metric] = Scores.from_dict(cached(metric, lambda fn=fn: fn().to_dict(), seeds=seeds))
             ind[metric].save(out / "induction" / f"{metric}.json")
             save_figure(head_heatmap(ind[metric]), out, f"induction-{metric}", section="Induction heads",
-                        order=20, caption=_induction_caption(metric, desc, seeds))
+                        order=20 + order, caption=_induction_caption(metric, desc, seeds))
 
     # 3. importance for every task x shots --------------------------------------------------
     with _step("importance", log):
