@@ -54,3 +54,29 @@ def planted(planted_dir):
     from headlens.loading import load_model
 
     return load_model(str(planted_dir), device="cpu")
+
+
+DEMO_SMALL = dict(importance_limit=8, eval_limit=16, prune_limit=8, induction_seeds=2,
+                  causal_ks=(1,), layer_texts=16, heal_steps=4)
+
+
+@pytest.fixture(scope="session")
+def demo_out(tmp_path_factory):
+    """The demo on the shipped model with small limits (skipped when tiny-icl is absent)."""
+    from headlens.loading import shipped_models
+
+    if "tiny-icl" not in shipped_models():
+        pytest.skip("the shipped model data/models/tiny-icl is not installed")
+    from headlens.demo import DemoConfig, run_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    previous = os.environ.get("HEADLENS_CACHE")
+    os.environ["HEADLENS_CACHE"] = str(root / "cache")
+    try:
+        report = run_demo(root / "out", DemoConfig(**DEMO_SMALL), log=lambda m: None, progress=False)
+    finally:
+        if previous is None:
+            os.environ.pop("HEADLENS_CACHE", None)
+        else:
+            os.environ["HEADLENS_CACHE"] = previous
+    return report

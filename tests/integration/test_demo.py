@@ -1,0 +1,49 @@
+"""`headlens demo` on the shipped model: every section present, and a rerun is all cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from headlens.report import collect_figures
+from tests.conftest import DEMO_SMALL
+
+
+def test_demo_writes_every_section_and_figure(demo_out):
+    out = demo_out.parent
+    sections = {meta["section"] for _, meta in collect_figures(out)}
+    assert sections == {"Overview", "Induction heads", "Task importance", "Pruning", "Overlap", "Layer pruning"}
+    assert len(collect_figures(out)) >= 17
+    page = demo_out.read_text()
+    assert page.count('class="hl-figure"') == len(collect_figures(out))
+    pm = json.loads((out / "induction" / "prefix_matching.json").read_text())
+    vals = np.array(pm["values"])
+    assert vals.max() > 3 * np.median(vals)  # a trained model has clear induction heads
+
+
+def test_demo_rerun_recomputes_nothing(demo_out, monkeypatch):
+    import headlens.healing
+    import headlens.importance
+    import headlens.scoring
+    from headlens.demo import DemoConfig, run_demo
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed on a cached rerun")
+
+    for mod, name in [(headlens.importance, "head_importance"), (headlens.scoring, "evaluate_prepared"),
+                      (headlens.healing, "heal")]:
+        monkeypatch.setattr(mod, name, boom)
+    monkeypatch.setenv("HEADLENS_CACHE", str(demo_out.parent.parent / "cache"))
+    again = run_demo(demo_out.parent, DemoConfig(**DEMO_SMALL), log=lambda m: None, progress=False)
+    assert again == demo_out
+
+
+def test_demo_cli_help_is_instant_and_lists_out():
+    from typer.testing import CliRunner
+
+    from headlens.cli import app
+
+    res = CliRunner().invoke(app, ["demo", "--help"])
+    assert res.exit_code == 0 and "--out" in res.output
