@@ -296,6 +296,15 @@ def resolve_ranking(bridge, source: str, task, shots: int, what: str, *, limit, 
 
     if source.endswith(".json"):
         return Scores.load(source)
+    if source == "oracle":  # the reference's FFN oracle: accuracy drop when one FFN is removed
+        if what != "ffn":
+            _fail("--ranking oracle ranks FFN blocks; use it with --what ffn")
+        from headlens.importance import ffn_oracle
+        from headlens.pruning import TaskEvaluator
+
+        ev = TaskEvaluator(bridge, task, shots, split=task.importance_split, limit=limit, seed=seed,
+                           data_dir=data_dir)
+        return ffn_oracle(bridge, ev)
     if source == "self":
         return imp(task, shots)
     if source == "aggregate":
@@ -316,7 +325,8 @@ def prune_cmd(
     task: str = typer.Option(..., "--task", "-t", help="Task to evaluate after pruning."),
     shots: int = typer.Option(0, "--shots", "-k"),
     ranking: str = typer.Option("self", "--ranking", help="self (this task's importance), TASK or "
-                                "TASK:SHOTS (cross-task transfer), aggregate, or a saved scores .json."),
+                                "TASK:SHOTS (cross-task transfer), aggregate, oracle (FFNs: accuracy "
+                                "drop when removed, on the train split), or a saved scores .json."),
     what: str = typer.Option("heads", "--what", help="heads, ffn, or grid (heads% x FFN%)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Queries evaluated per point."),
     importance_limit: Optional[int] = typer.Option(None, "--importance-limit", help="Queries for the ranking."),

@@ -60,3 +60,22 @@ def test_bad_input_and_seeded_random_ranking():
         pruning_curve(Scores(np.ones((2, 2)), metric="h"), lambda g: 1.0, percents=[150], progress=False)
     np.testing.assert_array_equal(random_ranking((3, 4), 1), random_ranking((3, 4), 1))
     assert not np.array_equal(random_ranking((3, 4), 1), random_ranking((3, 4), 2))
+
+
+def test_ffn_oracle_scores_the_accuracy_drop_of_each_removed_ffn():
+    from types import SimpleNamespace
+
+    from headlens.importance import ffn_oracle
+
+    model = SimpleNamespace(cfg=SimpleNamespace(n_layers=3, model_name="fake"), parameters=lambda: iter([]))
+    drop = {0: 0.1, 1: 0.0, 2: 0.5}
+
+    def evaluate(gates):
+        if gates is None:
+            return 0.9
+        (layer,) = [l for l in range(3) if gates.ffn[l] == 0]
+        return 0.9 - drop[layer]
+
+    s = ffn_oracle(model, evaluate)
+    np.testing.assert_allclose(s.values, [0.1, 0.0, 0.5])
+    assert s.meta["variant"] == "oracle" and s.meta["base_acc"] == 0.9
