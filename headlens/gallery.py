@@ -78,14 +78,36 @@ def _stem(path: Path) -> str:
     return path.name[: -len(".plotly.json")]
 
 
+MAIN_FIGURES = ("accuracy", "induction-prefix_matching", "importance-heads", "prune-heads", "prune-grid",
+                "overlap-tasks", "overlap-induction", "overlap-causal", "layers-distance", "layers-loss")
+"""The demo's main figures (names given to ``save_figure`` in :mod:`headlens.demo`): the README gallery."""
+
+USAGE = """usage: python -m headlens.gallery RESULTS_DIR OUT_DIR [--only NAME,NAME,... | --main]
+  one PNG per saved figure (*.plotly.json) under RESULTS_DIR, drawn in headless chromium;
+  --main: only the README gallery's figures (""" + ", ".join(MAIN_FIGURES) + ")"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] in ("-h", "--help"):
-        print("usage: python -m headlens.gallery RESULTS_DIR OUT_DIR\n"
-              "  one PNG per saved figure (*.plotly.json) under RESULTS_DIR, drawn in headless chromium")
-        return 0 if args and args[0] in ("-h", "--help") else 2
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE)
+        return 0
+    names = None
+    if "--main" in args:
+        args.remove("--main")
+        names = list(MAIN_FIGURES)
+    if "--only" in args:
+        i = args.index("--only")
+        if i + 1 >= len(args):
+            print(USAGE, file=sys.stderr)
+            return 2
+        names = [n for n in args.pop(i + 1).split(",") if n]
+        args.pop(i)
+    if len(args) != 2:
+        print(USAGE, file=sys.stderr)
+        return 2
     try:
-        paths = gallery(args[0], args[1])
+        paths = gallery(args[0], args[1], names=names)
     except HeadlensError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

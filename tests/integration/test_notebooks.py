@@ -42,7 +42,10 @@ def kernel_env(tmp_path_factory):
     env = {"HEADLENS_CACHE": str(root / "cache"),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
            "JUPYTER_PATH": str(root / "jupyter"), "MPLBACKEND": "Agg",
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           # One compute thread: on a shared, oversubscribed CI runner two spinning OpenMP
+           # threads made the importance backward pass ~30x slower (measured 5 s vs 0.16 s).
+           "OMP_NUM_THREADS": os.environ.get("HEADLENS_NOTEBOOK_THREADS", "1")}
     if STANDIN:
         from tests.notebook_standin import build_standin
 

@@ -122,6 +122,8 @@ def test_gallery_writes_small_pngs(figures, tmp_path):
         assert png_size(p) == (WIDTH, HEIGHT)
         assert 3_000 < p.stat().st_size < 150_000, (p, p.stat().st_size)
     assert main(["--help"]) == 0
+    assert main([str(figures), str(tmp_path / "two"), "--only", "prune-grid,accuracy"]) == 0
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["accuracy.png", "prune-grid.png"]
     assert main([str(tmp_path / "empty-not-there"), str(tmp_path / "g3")]) == 2
 
 
