@@ -47,6 +47,8 @@ def gallery(results: str | os.PathLike, out: str | os.PathLike, *, width: int = 
     from headlens.plots.common import load_figure, plotly_js
     from headlens.report import collect_figures
 
+    if not Path(results).is_dir():
+        raise HeadlensError(f"gallery: {results} is not a folder; pass the --out folder of `headlens demo`")
     figures = collect_figures(results)
     if names is not None:
         wanted = set(names)
