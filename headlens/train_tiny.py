@@ -1,13 +1,16 @@
-"""Train the shipped model ``tiny-icl``: a word-level tokenizer and a 4-layer GPT-2 on CPU.
+"""Train the shipped model ``tiny-icl``: a word-level tokenizer and a 4-layer Llama-style LM on CPU.
 
-``python -m headlens.train_tiny --out data/models/tiny-icl --steps 1200 --seed 0`` rebuilds it
-(two CPU threads). The training mixture:
+``python -m headlens.train_tiny --out data/models/tiny-icl --seed 0`` rebuilds it (two CPU
+threads; the defaults are the shipped model's settings). The model: 4 layers, d_model 128, 4
+heads of 32, SwiGLU MLP 384, rotary positions (chosen because "attend k tokens back", which
+the copying tasks and induction heads need, is a relative offset; ``--arch gpt2`` trains a
+GPT-2 with learned positions instead). The training mixture:
 
 * few-shot episodes of the offline suite (:mod:`headlens.synthetic`): one task, 2..8 of its
   train examples joined by blank lines, so item ``k`` is a ``k``-shot query; the loss is the
   cross-entropy of every item's answer token;
-* repeated random-token sequences ``[BOS] + S * r`` (``S``: distinct random tokens), half of
-  them in the induction-probe shape ``[BOS] + S * 4`` with ``25 <= len(S) <= 223``; the loss
+* repeated random-token sequences ``[BOS] + S * r`` (``S``: distinct random tokens), 30% of
+  them in the induction-probe shape ``[BOS] + S * 4`` with ``25 <= len(S) <= 127``; the loss
   is on the repeats after the first, the tokens an induction head can predict.
 
 The tokenizer is word-level (tokens are split on spaces; every ``\\n`` is its own token).
@@ -92,7 +95,8 @@ class Batcher:
     """
 
     def __init__(self, tokenizer, seed: int, tokens_per_batch: int, repeat_fraction: float,
-                 no_bos_fraction: float = 0.1, pool_size: int = 4000, max_len: int = 512):
+                 no_bos_fraction: float = 0.1, pool_size: int = 4000, max_len: int = 512,
+                 probe_fraction: float = 0.3):
         self.rng = np.random.default_rng([seed, 0xBA7C])
         self.vocab = tokenizer.get_vocab()
         self.pools = {t: synthetic.examples(t, "train", seed=seed, n=pool_size) for t in synthetic.TASKS}
@@ -102,6 +106,7 @@ class Batcher:
         self.repeat_fraction = repeat_fraction
         self.no_bos_fraction = no_bos_fraction
         self.max_len = max_len
+        self.probe_fraction = probe_fraction
         self.queue: list = []
         self.random_ids = np.arange(len(SPECIALS), len(self.vocab))
 
@@ -127,7 +132,7 @@ class Batcher:
         return toks, mask
 
     def repeat_rows(self) -> list[tuple[list[int], list[int]]]:
-        if self.rng.random() < 0.5:
+        if self.rng.random() < self.probe_fraction:
             length, reps = int(self.rng.integers(25, (self.max_len - 1) // 4 + 1)), 4
         else:
             length, reps = int(self.rng.integers(4, 41)), int(self.rng.integers(2, 5))
@@ -264,9 +269,9 @@ def build_model(arch: str, vocab_size: int, d_model: int, n_layers: int, n_heads
     raise ValueError(f"unknown arch {arch!r}; use gpt2 or llama")
 
 
-def train(out: str | Path, steps: int = 1200, arch: str = "gpt2", seed: int = 0, d_model: int = 128, n_layers: int = 4,
-          n_heads: int = 4, n_positions: int = 512, lr: float = 2e-3, tokens_per_batch: int = 3072,
-          repeat_fraction: float = 0.25, threads: int = 2, eval_n: int = 100,
+def train(out: str | Path, steps: int = 1800, arch: str = "llama", seed: int = 0, d_model: int = 128, n_layers: int = 4,
+          n_heads: int = 4, n_positions: int = 512, lr: float = 3e-3, tokens_per_batch: int = 1536,
+          repeat_fraction: float = 0.45, threads: int = 2, eval_n: int = 50,
           log_every: int = 50) -> dict:
     """Build the tokenizer, train the model, save both to ``out``; return the training record."""
     torch.set_num_threads(threads)
@@ -334,18 +339,18 @@ def train(out: str | Path, steps: int = 1200, arch: str = "gpt2", seed: int = 0,
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="data/models/tiny-icl")
-    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--steps", type=int, default=1800)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--arch", default="gpt2", choices=["gpt2", "llama"])
+    ap.add_argument("--arch", default="llama", choices=["gpt2", "llama"])
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--tokens-per-batch", type=int, default=3072)
-    ap.add_argument("--repeat-fraction", type=float, default=0.25)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--tokens-per-batch", type=int, default=1536)
+    ap.add_argument("--repeat-fraction", type=float, default=0.45)
     ap.add_argument("--positions", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--eval-n", type=int, default=100)
+    ap.add_argument("--eval-n", type=int, default=50)
     a = ap.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     train(a.out, steps=a.steps, arch=a.arch, seed=a.seed, d_model=a.d_model, n_layers=a.layers, n_heads=a.heads,
