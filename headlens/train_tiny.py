@@ -1,0 +1,362 @@
+"""Train the shipped model ``tiny-icl``: a word-level tokenizer and a 4-layer Llama-style LM on CPU.
+
+``python -m headlens.train_tiny --out data/models/tiny-icl --seed 0`` rebuilds it (two CPU
+threads; the defaults are the shipped model's settings). The model: 4 layers, d_model 128, 4
+heads of 32, SwiGLU MLP 384, rotary positions (chosen because "attend k tokens back", which
+the copying tasks and induction heads need, is a relative offset; ``--arch gpt2`` trains a
+GPT-2 with learned positions instead). The training mixture:
+
+* few-shot episodes of the offline suite (:mod:`headlens.synthetic`): one task, 2..8 of its
+  train examples joined by blank lines, so item ``k`` is a ``k``-shot query; the loss is the
+  cross-entropy of every item's answer token;
+* repeated random-token sequences ``[BOS] + S * r`` (``S``: distinct random tokens), 30% of
+  them in the induction-probe shape ``[BOS] + S * 4`` with ``25 <= len(S) <= 127``; the loss
+  is on the repeats after the first, the tokens an induction head can predict.
+
+The tokenizer is word-level (tokens are split on spaces; every ``\\n`` is its own token).
+Its ids after the four special tokens are ordered by frequency in a sample of training
+episodes (ties and tokens that occur only in random sequences: in :func:`synthetic.vocabulary`
+order), so id order is a frequency order for samplers that exclude frequent/rare tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from headlens import synthetic
+
+SPECIALS = ("[BOS]", "[EOS]", "[PAD]", "[UNK]")
+BOS, EOS, PAD, UNK = range(4)
+
+
+# ----------------------------------------------------------------------------- tokenizer
+def token_frequencies(seed: int = 0, n_episodes: int = 4000) -> Counter:
+    """Token counts over ``n_episodes`` training episodes (words split on spaces, ``\\n`` kept)."""
+    rng = np.random.default_rng([seed, 0x70C])
+    pools = {t: synthetic.examples(t, "train", seed=seed, n=500) for t in synthetic.TASKS}
+    counts: Counter = Counter()
+    for _ in range(n_episodes):
+        _, items = synthetic.training_episode(rng, pools)
+        counts.update(_words(synthetic.episode_text(items)))
+    return counts
+
+
+def _words(text: str) -> list[str]:
+    return [w for piece in text.split(" ") for w in _split_newlines(piece) if w]
+
+
+def _split_newlines(piece: str) -> list[str]:
+    out, cur = [], ""
+    for ch in piece:
+        if ch == "\n":
+            out += [cur, "\n"]
+            cur = ""
+        else:
+            cur += ch
+    return out + [cur]
+
+
+def build_tokenizer(folder: str | Path | None = None, seed: int = 0):
+    """Word-level ``PreTrainedTokenizerFast`` (ids by training frequency); saved if ``folder``."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    counts = token_frequencies(seed)
+    words = synthetic.vocabulary()
+    rank = {w: i for i, w in enumerate(words)}
+    ordered = sorted(words, key=lambda w: (-counts.get(w, 0), rank[w]))
+    vocab = {w: i for i, w in enumerate(list(SPECIALS) + ordered)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(" +"), "removed"), pre_tokenizers.Split(Regex("\n"), "isolated")])
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]",
+                                   pad_token="[PAD]", unk_token="[UNK]")
+    if folder is not None:
+        fast.save_pretrained(str(folder))
+    return fast
+
+
+# ----------------------------------------------------------------------------- data
+class Batcher:
+    """Seeded training batches: ``(tokens [batch, pos], loss mask [batch, pos])``.
+
+    ``mask[b, p] = 1`` where token ``p`` is a target (predicted from positions ``< p``).
+    """
+
+    def __init__(self, tokenizer, seed: int, tokens_per_batch: int, repeat_fraction: float,
+                 no_bos_fraction: float = 0.1, pool_size: int = 4000, max_len: int = 512,
+                 probe_fraction: float = 0.3):
+        self.rng = np.random.default_rng([seed, 0xBA7C])
+        self.vocab = tokenizer.get_vocab()
+        self.pools = {t: synthetic.examples(t, "train", seed=seed, n=pool_size) for t in synthetic.TASKS}
+        self.ids = {}  # example -> (context ids, answer ids)
+        self.sep = [self.vocab["\n"]] * 2
+        self.tokens_per_batch = tokens_per_batch
+        self.repeat_fraction = repeat_fraction
+        self.no_bos_fraction = no_bos_fraction
+        self.max_len = max_len
+        self.probe_fraction = probe_fraction
+        self.queue: list = []
+        self.random_ids = np.arange(len(SPECIALS), len(self.vocab))
+
+    def _encode(self, text: str) -> list[int]:
+        return [self.vocab[w] for w in _words(text)]
+
+    def _example_ids(self, ex) -> tuple[list[int], list[int]]:
+        key = (ex.context, ex.choices[ex.gold])
+        if key not in self.ids:
+            self.ids[key] = (self._encode(ex.context), self._encode(ex.choices[ex.gold]))
+        return self.ids[key]
+
+    def episode_row(self) -> tuple[list[int], list[int]]:
+        _, items = synthetic.training_episode(self.rng, self.pools, max_items=8, min_items=2)
+        toks, mask = ([], []) if self.rng.random() < self.no_bos_fraction else ([BOS], [0])
+        for i, ex in enumerate(items):
+            ctx, ans = self._example_ids(ex)
+            if i:
+                toks += self.sep
+                mask += [0, 0]
+            toks += ctx + ans
+            mask += [0] * len(ctx) + [i + 1] * len(ans)  # i + 1: the answer's shot count + 1
+        return toks, mask
+
+    def repeat_rows(self) -> list[tuple[list[int], list[int]]]:
+        if self.rng.random() < self.probe_fraction:
+            length, reps = int(self.rng.integers(25, (self.max_len - 1) // 4 + 1)), 4
+        else:
+            length, reps = int(self.rng.integers(4, 41)), int(self.rng.integers(2, 5))
+        n_rows = max(1, self.tokens_per_batch // (length * reps + 1))
+        rows = []
+        for _ in range(n_rows):
+            s = self.rng.choice(self.random_ids, size=length, replace=False).tolist()
+            rows.append(([BOS] + s * reps, [0] * (length + 1) + [1] * (length * (reps - 1))))
+        return rows
+
+    def _episode_batches(self) -> list[list[tuple[list[int], list[int]]]]:
+        """Rows for about four batches, sorted by length and cut so each batch's padded size is
+        about ``tokens_per_batch`` (little padding), in a random order."""
+        rows, total = [], 0
+        while total < 4 * self.tokens_per_batch:
+            rows.append(self.episode_row())
+            total += len(rows[-1][0])
+        rows.sort(key=lambda r: len(r[0]))
+        batches, cur = [], []
+        for r in rows:
+            if cur and len(r[0]) * (len(cur) + 1) > self.tokens_per_batch:
+                batches.append(cur)
+                cur = []
+            cur.append(r)
+        batches.append(cur)
+        return [batches[i] for i in self.rng.permutation(len(batches))]
+
+    def next(self) -> tuple[str, torch.Tensor, torch.Tensor]:
+        """``(kind, tokens, mask)`` with kind ``"repeat"`` or ``"episode"``."""
+        kind = "repeat" if self.rng.random() < self.repeat_fraction else "episode"
+        if kind == "repeat":
+            rows = self.repeat_rows()
+        else:
+            if not self.queue:
+                self.queue = self._episode_batches()
+            rows = self.queue.pop()
+        width = max(len(t) for t, _ in rows)
+        tokens = torch.full((len(rows), width), PAD, dtype=torch.long)
+        mask = torch.zeros((len(rows), width))
+        for i, (t, m) in enumerate(rows):
+            tokens[i, : len(t)] = torch.tensor(t)
+            mask[i, : len(m)] = torch.tensor(m, dtype=torch.float)
+        return kind, tokens, mask
+
+
+# ----------------------------------------------------------------------------- evaluation
+def choice_logprobs(logits_fn: Callable[[torch.Tensor], torch.Tensor], tokenizer,
+                    prompts: Sequence[str], choices: Sequence[Sequence[str]], *,
+                    prepend_bos: bool = True, batch_size: int = 64) -> list[list[float]]:
+    """Sum of log-probabilities of each choice's tokens after its prompt (right-padded batches).
+
+    ``logits_fn(tokens [batch, pos]) -> logits [batch, pos, vocab]``; right padding leaves
+    every real position unchanged under causal attention, so no attention mask is needed.
+    """
+    seqs, spans = [], []
+    for p, cs in zip(prompts, choices):
+        ctx = tokenizer(p, add_special_tokens=False)["input_ids"]
+        ctx = [tokenizer.bos_token_id] + ctx if prepend_bos else ctx
+        for c in cs:
+            full = tokenizer(p + c, add_special_tokens=False)["input_ids"]
+            full = [tokenizer.bos_token_id] + full if prepend_bos else full
+            seqs.append(full)
+            spans.append(len(ctx))
+    out = []
+    pad = tokenizer.pad_token_id
+    for s in range(0, len(seqs), batch_size):
+        chunk = seqs[s: s + batch_size]
+        width = max(map(len, chunk))
+        toks = torch.full((len(chunk), width), pad, dtype=torch.long)
+        for i, q in enumerate(chunk):
+            toks[i, : len(q)] = torch.tensor(q)
+        with torch.no_grad():
+            logp = torch.log_softmax(logits_fn(toks).float(), dim=-1)
+        for i, q in enumerate(chunk):
+            st = spans[s + i]
+            pos = torch.arange(st - 1, len(q) - 1)
+            out.append(float(logp[i, pos, torch.tensor(q[st:])].sum()))
+    res, k = [], 0
+    for cs in choices:
+        res.append(out[k: k + len(cs)])
+        k += len(cs)
+    return res
+
+
+def icl_accuracy(logits_fn, tokenizer, tasks: Sequence[str] = synthetic.TASKS,
+                 shots: Sequence[int] = (0, 1, 5), n: int = 100, seed: int = 0,
+                 split: str = "test", prepend_bos: bool = True) -> dict[str, dict[int, float]]:
+    """Accuracy per task and shot count: argmax of summed choice log-probabilities.
+
+    Queries: the first ``n`` examples of ``split``; demonstrations: drawn from the train
+    split by :func:`synthetic.episode` (seeded by ``seed`` and the query index).
+    """
+    acc: dict[str, dict[int, float]] = {}
+    for task in tasks:
+        pool = synthetic.examples(task, "train", seed=seed, n=500)
+        queries = synthetic.examples(task, split, seed=seed, n=n)
+        acc[task] = {}
+        for k in shots:
+            prompts = [synthetic.episode(task, k, split=split, seed=seed, index=i, pool=pool)[0]
+                       if k else q.context for i, q in enumerate(queries)]
+            lp = choice_logprobs(logits_fn, tokenizer, prompts, [q.choices for q in queries],
+                                 prepend_bos=prepend_bos)
+            hits = [int(np.argmax(s)) == q.gold for s, q in zip(lp, queries)]
+            acc[task][k] = float(np.mean(hits))
+    return acc
+
+
+def summary(acc: dict[str, dict[int, float]]) -> dict[str, float]:
+    """Means over tasks and the bar checks of issue 5."""
+    mean = {k: float(np.mean([a[k] for a in acc.values()])) for k in next(iter(acc.values()))}
+    out = {f"mean_{k}shot": v for k, v in mean.items()}
+    if 0 in mean and 5 in mean:
+        out["gap_5_minus_0"] = mean[5] - mean[0]
+        out["tasks_5shot_above_chance_plus_0.3"] = sum(
+            a[5] >= synthetic.chance(t) + 0.30 for t, a in acc.items())
+    return out
+
+
+# ----------------------------------------------------------------------------- training
+def build_model(arch: str, vocab_size: int, d_model: int, n_layers: int, n_heads: int, n_positions: int):
+    """A randomly initialised ``gpt2`` (learned positions) or ``llama`` (rotary) causal LM."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    ids = dict(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, tie_word_embeddings=True)
+    if arch == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(
+            vocab_size=vocab_size, n_positions=n_positions, n_embd=d_model, n_layer=n_layers,
+            n_head=n_heads, n_inner=4 * d_model, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ids))
+    if arch == "llama":
+        return LlamaForCausalLM(LlamaConfig(
+            vocab_size=vocab_size, hidden_size=d_model, intermediate_size=3 * d_model,
+            num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_heads,
+            max_position_embeddings=n_positions, rope_theta=10000.0, **ids))
+    raise ValueError(f"unknown arch {arch!r}; use gpt2 or llama")
+
+
+def train(out: str | Path, steps: int = 1800, arch: str = "llama", seed: int = 0, d_model: int = 128, n_layers: int = 4,
+          n_heads: int = 4, n_positions: int = 512, lr: float = 3e-3, tokens_per_batch: int = 1536,
+          repeat_fraction: float = 0.45, threads: int = 2, eval_n: int = 50,
+          log_every: int = 50) -> dict:
+    """Build the tokenizer, train the model, save both to ``out``; return the training record."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(out, seed=seed)
+    model = build_model(arch, len(tokenizer), d_model, n_layers, n_heads, n_positions)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
+    batcher = Batcher(tokenizer, seed, tokens_per_batch, repeat_fraction, max_len=n_positions)
+    model.train()
+    t0 = time.time()
+    log = []
+    ema = {}
+    for step in range(steps):
+        kind, tokens, mask = batcher.next()
+        logits = model(tokens).logits[:, :-1]
+        tgt, m = tokens[:, 1:], mask[:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+                                                reduction="none").view_as(m)
+        w = (m > 0).float()
+        loss = (nll * w).sum() / w.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        parts = {kind: float(loss)}
+        if kind == "episode":
+            with torch.no_grad():
+                for name, sel in (("0shot", m == 1), ("1shot", m == 2), ("5shot", m == 6)):
+                    if sel.any():
+                        parts[name] = float(nll[sel].mean())
+        for k, v in parts.items():
+            ema[k] = v if k not in ema else 0.9 * ema[k] + 0.1 * v
+        if (step + 1) % log_every == 0 or step == 0:
+            rec = {"step": step + 1, "elapsed_s": round(time.time() - t0, 1),
+                   **{f"loss_{k}": round(v, 4) for k, v in ema.items()}}
+            log.append(rec)
+            print(json.dumps(rec), flush=True)
+    train_s = time.time() - t0
+    model.eval()
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    record = {"arch": arch, "steps": steps, "seed": seed, "train_seconds": round(train_s, 1), "threads": threads,
+              "tokens_per_batch": tokens_per_batch, "repeat_fraction": repeat_fraction, "lr": lr,
+              "d_model": d_model, "n_layers": n_layers, "n_heads": n_heads,
+              "n_params": sum(p.numel() for p in model.parameters()), "log": log}
+    if eval_n:
+        acc = icl_accuracy(lambda t: model(t).logits, tokenizer, n=eval_n, seed=seed)
+        record["accuracy"] = acc
+        record["summary"] = summary(acc)
+        print(json.dumps(record["summary"]), flush=True)
+    (out / "training_record.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="data/models/tiny-icl")
+    ap.add_argument("--steps", type=int, default=1800)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--arch", default="llama", choices=["gpt2", "llama"])
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--tokens-per-batch", type=int, default=1536)
+    ap.add_argument("--repeat-fraction", type=float, default=0.45)
+    ap.add_argument("--positions", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eval-n", type=int, default=50)
+    a = ap.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    train(a.out, steps=a.steps, arch=a.arch, seed=a.seed, d_model=a.d_model, n_layers=a.layers, n_heads=a.heads,
+          n_positions=a.positions, lr=a.lr, tokens_per_batch=a.tokens_per_batch, repeat_fraction=a.repeat_fraction,
+          threads=a.threads, eval_n=a.eval_n)
+
+
+if __name__ == "__main__":
+    main()
