@@ -131,8 +131,8 @@ class Batcher:
             mask += [0] * len(ctx) + [i + 1] * len(ans)  # i + 1: the answer's shot count + 1
         return toks, mask
 
-    def repeat_rows(self) -> list[tuple[list[int], list[int]]]:
-        if self.rng.random() < self.probe_fraction:
+    def repeat_rows(self, probes: bool = True) -> list[tuple[list[int], list[int]]]:
+        if probes and self.rng.random() < self.probe_fraction:
             length, reps = int(self.rng.integers(25, (self.max_len - 1) // 4 + 1)), 4
         else:
             length, reps = int(self.rng.integers(4, 41)), int(self.rng.integers(2, 5))
@@ -160,11 +160,13 @@ class Batcher:
         batches.append(cur)
         return [batches[i] for i in self.rng.permutation(len(batches))]
 
-    def next(self) -> tuple[str, torch.Tensor, torch.Tensor]:
+    def next(self, repeat_only: bool = False) -> tuple[str, torch.Tensor, torch.Tensor]:
         """``(kind, tokens, mask)`` with kind ``"repeat"`` or ``"episode"``."""
-        kind = "repeat" if self.rng.random() < self.repeat_fraction else "episode"
+        kind = "repeat" if repeat_only or self.rng.random() < self.repeat_fraction else "episode"
         if kind == "repeat":
-            rows = self.repeat_rows()
+            # the warm-up uses short sequences only: induction heads form there within a
+            # few thousand steps, long probe-shaped sequences slow that down (measured)
+            rows = self.repeat_rows(probes=not repeat_only)
         else:
             if not self.queue:
                 self.queue = self._episode_batches()
@@ -271,7 +273,7 @@ def build_model(arch: str, vocab_size: int, d_model: int, n_layers: int, n_heads
 
 def train(out: str | Path, steps: int = 1800, arch: str = "llama", seed: int = 0, d_model: int = 128, n_layers: int = 4,
           n_heads: int = 4, n_positions: int = 512, lr: float = 3e-3, tokens_per_batch: int = 1536,
-          repeat_fraction: float = 0.45, threads: int = 2, eval_n: int = 50,
+          repeat_fraction: float = 0.45, threads: int = 2, eval_n: int = 50, repeat_warmup: int = 0,
           log_every: int = 50) -> dict:
     """Build the tokenizer, train the model, save both to ``out``; return the training record."""
     torch.set_num_threads(threads)
@@ -294,7 +296,7 @@ def train(out: str | Path, steps: int = 1800, arch: str = "llama", seed: int = 0
     log = []
     ema = {}
     for step in range(steps):
-        kind, tokens, mask = batcher.next()
+        kind, tokens, mask = batcher.next(repeat_only=step < repeat_warmup)
         logits = model(tokens).logits[:, :-1]
         tgt, m = tokens[:, 1:], mask[:, 1:]
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
@@ -350,12 +352,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--repeat-fraction", type=float, default=0.45)
     ap.add_argument("--positions", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat-warmup", type=int, default=0)
     ap.add_argument("--eval-n", type=int, default=50)
     a = ap.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     train(a.out, steps=a.steps, arch=a.arch, seed=a.seed, d_model=a.d_model, n_layers=a.layers, n_heads=a.heads,
           n_positions=a.positions, lr=a.lr, tokens_per_batch=a.tokens_per_batch, repeat_fraction=a.repeat_fraction,
-          threads=a.threads, eval_n=a.eval_n)
+          threads=a.threads, eval_n=a.eval_n, repeat_warmup=a.repeat_warmup)
 
 
 if __name__ == "__main__":
