@@ -27,7 +27,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -180,79 +180,6 @@ class Batcher:
         return kind, tokens, mask
 
 
-# ----------------------------------------------------------------------------- evaluation
-def choice_logprobs(logits_fn: Callable[[torch.Tensor], torch.Tensor], tokenizer,
-                    prompts: Sequence[str], choices: Sequence[Sequence[str]], *,
-                    prepend_bos: bool = True, batch_size: int = 64) -> list[list[float]]:
-    """Sum of log-probabilities of each choice's tokens after its prompt (right-padded batches).
-
-    ``logits_fn(tokens [batch, pos]) -> logits [batch, pos, vocab]``; right padding leaves
-    every real position unchanged under causal attention, so no attention mask is needed.
-    """
-    seqs, spans = [], []
-    for p, cs in zip(prompts, choices):
-        ctx = tokenizer(p, add_special_tokens=False)["input_ids"]
-        ctx = [tokenizer.bos_token_id] + ctx if prepend_bos else ctx
-        for c in cs:
-            full = tokenizer(p + c, add_special_tokens=False)["input_ids"]
-            full = [tokenizer.bos_token_id] + full if prepend_bos else full
-            seqs.append(full)
-            spans.append(len(ctx))
-    out = []
-    pad = tokenizer.pad_token_id
-    for s in range(0, len(seqs), batch_size):
-        chunk = seqs[s: s + batch_size]
-        width = max(map(len, chunk))
-        toks = torch.full((len(chunk), width), pad, dtype=torch.long)
-        for i, q in enumerate(chunk):
-            toks[i, : len(q)] = torch.tensor(q)
-        with torch.no_grad():
-            logp = torch.log_softmax(logits_fn(toks).float(), dim=-1)
-        for i, q in enumerate(chunk):
-            st = spans[s + i]
-            pos = torch.arange(st - 1, len(q) - 1)
-            out.append(float(logp[i, pos, torch.tensor(q[st:])].sum()))
-    res, k = [], 0
-    for cs in choices:
-        res.append(out[k: k + len(cs)])
-        k += len(cs)
-    return res
-
-
-def icl_accuracy(logits_fn, tokenizer, tasks: Sequence[str] = synthetic.TASKS,
-                 shots: Sequence[int] = (0, 1, 5), n: int = 100, seed: int = 0,
-                 split: str = "test", prepend_bos: bool = True) -> dict[str, dict[int, float]]:
-    """Accuracy per task and shot count: argmax of summed choice log-probabilities.
-
-    Queries: the first ``n`` examples of ``split``; demonstrations: drawn from the train
-    split by :func:`synthetic.episode` (seeded by ``seed`` and the query index).
-    """
-    acc: dict[str, dict[int, float]] = {}
-    for task in tasks:
-        pool = synthetic.examples(task, "train", seed=seed, n=500)
-        queries = synthetic.examples(task, split, seed=seed, n=n)
-        acc[task] = {}
-        for k in shots:
-            prompts = [synthetic.episode(task, k, split=split, seed=seed, index=i, pool=pool)[0]
-                       if k else q.context for i, q in enumerate(queries)]
-            lp = choice_logprobs(logits_fn, tokenizer, prompts, [q.choices for q in queries],
-                                 prepend_bos=prepend_bos)
-            hits = [int(np.argmax(s)) == q.gold for s, q in zip(lp, queries)]
-            acc[task][k] = float(np.mean(hits))
-    return acc
-
-
-def summary(acc: dict[str, dict[int, float]]) -> dict[str, float]:
-    """Means over tasks and the bar checks of issue 5."""
-    mean = {k: float(np.mean([a[k] for a in acc.values()])) for k in next(iter(acc.values()))}
-    out = {f"mean_{k}shot": v for k, v in mean.items()}
-    if 0 in mean and 5 in mean:
-        out["gap_5_minus_0"] = mean[5] - mean[0]
-        out["tasks_5shot_above_chance_plus_0.3"] = sum(
-            a[5] >= synthetic.chance(t) + 0.30 for t, a in acc.items())
-    return out
-
-
 # ----------------------------------------------------------------------------- training
 def build_model(arch: str, vocab_size: int, d_model: int, n_layers: int, n_heads: int, n_positions: int):
     """A randomly initialised ``gpt2`` (learned positions) or ``llama`` (rotary) causal LM."""
@@ -329,10 +256,12 @@ def train(out: str | Path, steps: int = 1800, arch: str = "llama", seed: int = 0
               "tokens_per_batch": tokens_per_batch, "repeat_fraction": repeat_fraction, "lr": lr,
               "d_model": d_model, "n_layers": n_layers, "n_heads": n_heads,
               "n_params": sum(p.numel() for p in model.parameters()), "log": log}
-    if eval_n:
-        acc = icl_accuracy(lambda t: model(t).logits, tokenizer, n=eval_n, seed=seed)
-        record["accuracy"] = acc
-        record["summary"] = summary(acc)
+    if eval_n:  # the model card's measurements, by headlens itself
+        from headlens.tiny_card import measure
+
+        measured = measure(str(out.resolve()), n=eval_n, seed=seed)
+        record["summary"] = measured["summary"]
+        record["accuracy"] = measured["accuracy"]
         print(json.dumps(record["summary"]), flush=True)
     (out / "training_record.json").write_text(json.dumps(record, indent=1))
     return record
