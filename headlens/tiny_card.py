@@ -77,6 +77,32 @@ def measure(model: str = "tiny-icl", *, n: int = 100, seed: int = 0, shots=(0, 1
     }
 
 
+def render_markdown(res: dict) -> str:
+    """The model card's "Measured results" tables from a :func:`measure` result."""
+    from headlens import synthetic
+
+    shots = list(next(iter(res["accuracy"].values())))
+    lines = ["| task | chance | " + " | ".join(f"{k}-shot" for k in shots) + " |",
+             "|---|---|" + "---|" * len(shots)]
+    for task, acc in res["accuracy"].items():
+        lines.append(f"| {task} | {synthetic.chance(task):.2f} | "
+                     + " | ".join(f"{acc[k]:.3f}" for k in shots) + " |")
+    s = res["summary"]
+    chance = sum(synthetic.chance(t) for t in res["accuracy"]) / len(res["accuracy"])
+    lines.append(f"| **mean** | {chance:.3f} | " + " | ".join(f"{s[f'mean_{k}shot']:.3f}" for k in shots) + " |")
+    lines += ["", "| bar (issue 5) | measured | required | met |", "|---|---|---|---|"]
+    for key, b in res["bars"].items():
+        lines.append(f"| {key} | {b['value']:.3f} | >= {b['bar']} | {'yes' if b['met'] else 'NO'} |")
+    bh = res["best_head"]
+    lines += ["", f"Best induction head (highest min(prefix matching, corrected copying)): "
+                  f"L{bh['layer']}H{bh['head']}, prefix matching {bh['prefix_matching']:.3f}, "
+                  f"copying {bh['copying_corrected']:.3f}.", "",
+              "| 5-shot mean accuracy | value |", "|---|---|"]
+    for key, v in res["pruning_5shot_mean_acc"].items():
+        lines.append(f"| {key.replace('_', ' ')} | {v:.3f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     import torch
 
@@ -85,6 +111,7 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="also write the JSON here")
+    ap.add_argument("--markdown", action="store_true", help="print the card's tables instead of JSON")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)  # a 1M-parameter model: threads only add overhead
     res = measure(a.model, n=a.n, seed=a.seed)
@@ -93,7 +120,7 @@ def main(argv=None) -> None:
         from headlens.results import atomic_write_text
 
         atomic_write_text(a.out, text + "\n")
-    print(text)
+    print(render_markdown(res) if a.markdown else text)
 
 
 if __name__ == "__main__":
