@@ -1,8 +1,8 @@
-"""Train the shipped model ``tiny-icl``: a word-level tokenizer and a 4-layer Llama-style LM on CPU.
+"""Train the shipped model ``tiny-icl``: a word-level tokenizer and a 2-layer Llama-style LM on CPU.
 
 ``python -m headlens.train_tiny --out data/models/tiny-icl --seed 0`` rebuilds it (one CPU
 thread, which is faster than two for a model this small; the defaults are the shipped
-model's settings). The model: 4 layers, d_model 128, 4
+model's settings). The model: 2 layers, d_model 128, 4
 heads of 32, SwiGLU MLP 384, rotary positions (chosen because "attend k tokens back", which
 the copying tasks and induction heads need, is a relative offset; ``--arch gpt2`` trains a
 GPT-2 with learned positions instead). The training mixture:
@@ -10,7 +10,7 @@ GPT-2 with learned positions instead). The training mixture:
 * few-shot episodes of the offline suite (:mod:`headlens.synthetic`): one task, 2..8 of its
   train examples joined by blank lines, so item ``k`` is a ``k``-shot query; the loss is the
   cross-entropy of every item's answer token;
-* a warm-up of ``--repeat-warmup`` steps (2,000) on short repeated sequences only, then
+* a warm-up of ``--repeat-warmup`` steps (1,500) on short repeated sequences only, then
 * repeated random-token sequences ``[BOS] + S * r`` (``S``: distinct random tokens), 30% of
   them in the induction-probe shape ``[BOS] + S * 4`` with ``25 <= len(S) <= 127``; the loss
   is on the repeats after the first, the tokens an induction head can predict.
@@ -200,9 +200,9 @@ def build_model(arch: str, vocab_size: int, d_model: int, n_layers: int, n_heads
     raise ValueError(f"unknown arch {arch!r}; use gpt2 or llama")
 
 
-def train(out: str | Path, steps: int = 5000, arch: str = "llama", seed: int = 0, d_model: int = 128, n_layers: int = 4,
+def train(out: str | Path, steps: int = 5000, arch: str = "llama", seed: int = 0, d_model: int = 128, n_layers: int = 2,
           n_heads: int = 4, n_positions: int = 512, lr: float = 3e-3, tokens_per_batch: int = 1536,
-          repeat_fraction: float = 0.45, threads: int = 1, eval_n: int = 50, repeat_warmup: int = 2000,
+          repeat_fraction: float = 0.45, threads: int = 1, eval_n: int = 50, repeat_warmup: int = 1500,
           log_every: int = 50) -> dict:
     """Build the tokenizer, train the model, save both to ``out``; return the training record."""
     torch.set_num_threads(threads)
@@ -276,14 +276,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--arch", default="llama", choices=["gpt2", "llama"])
     ap.add_argument("--d-model", type=int, default=128)
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--tokens-per-batch", type=int, default=1536)
     ap.add_argument("--repeat-fraction", type=float, default=0.45)
     ap.add_argument("--positions", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeat-warmup", type=int, default=2000, help="first N steps: short repeated sequences only")
+    ap.add_argument("--repeat-warmup", type=int, default=1500, help="first N steps: short repeated sequences only")
     ap.add_argument("--eval-n", type=int, default=50)
     a = ap.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

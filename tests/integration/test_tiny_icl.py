@@ -29,7 +29,7 @@ def test_loads_as_a_working_bridge(bridge):
     assert isinstance(bridge, TransformerBridge)
     assert bridge.headlens_info.source == "shipped"
     cfg = bridge.cfg
-    assert (cfg.n_layers, cfg.n_heads) == (4, 4)
+    assert (cfg.n_layers, cfg.n_heads) == (2, 4)
     tokens = bridge.to_tokens("q d m -> q\n\nb x k ->")
     assert tokens[0, 0].item() == bridge.tokenizer.bos_token_id  # exactly one BOS, prepended
     assert (tokens[0, 1:] != bridge.tokenizer.bos_token_id).all()
