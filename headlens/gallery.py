@@ -41,8 +41,6 @@ def gallery(results: str | os.PathLike, out: str | os.PathLike, *, width: int = 
         HeadlensError: no saved figures, no chromium, a figure that does not render or
             raises a JavaScript error.
     """
-    import plotly.io as pio
-
     from headlens.browser import Browser, check_plots
     from headlens.plots.common import load_figure, plotly_js
     from headlens.report import collect_figures
@@ -68,7 +66,7 @@ def gallery(results: str | os.PathLike, out: str | os.PathLike, *, width: int = 
             # Fixed canvas: the figure's own size would crop or leave margins.
             fig.update_layout(width=width, height=height, autosize=False)
             html_path = Path(tmp) / f"{name}.html"
-            html_path.write_text(_PAGE.format(w=width, h=height, fig=pio.to_json(fig)), encoding="utf-8")
+            html_path.write_text(_PAGE.format(w=width, h=height, fig=fig.to_json()), encoding="utf-8")
             page.goto(html_path.as_uri())
             page.wait_for("document.body.dataset.done === '1'")
             check_plots(page, expected=1)

@@ -360,15 +360,6 @@ def lm_loss(model, texts: TextSource | Sequence[str], *, batch_size: int = 8,
     return float(total / count)
 
 
-def _accuracy(result) -> float:
-    for key in ("accuracy", "acc"):
-        if hasattr(result, key):
-            return float(getattr(result, key))
-        if isinstance(result, dict) and key in result:
-            return float(result[key])
-    return float(result)
-
-
 def pruning_curve(model, texts: TextSource | Sequence[str], *, ns: Sequence[int] | None = None,
                   fractions: Sequence[float] | None = None,
                   methods: Sequence[str] = ("similarity", "deepest"), heal: bool = False,
@@ -408,7 +399,8 @@ def pruning_curve(model, texts: TextSource | Sequence[str], *, ns: Sequence[int]
         for task in tasks or ():
             from headlens import scoring  # written in parallel; imported only when asked
 
-            row[f"acc_{task}"] = _accuracy(scoring.evaluate(m, task, shots, limit=limit, seed=seed))
+            row[f"acc_{task}"] = scoring.evaluate(m, task, shots, limit=limit, seed=seed,
+                                                      progress=False).metrics["acc"]
         if eval_fn is not None:
             row.update(eval_fn(m))
         return row

@@ -283,3 +283,17 @@ def test_cli_layers(deep_models, tmp_path):
     assert res.exit_code == 0, res.output
     assert "removed layers 1..2" in res.stdout
     assert load_model(str(tmp_path / "p"), device="cpu").cfg.n_layers == 2
+
+
+def test_pruning_curve_accuracy_per_task(deep_models, tmp_path):
+    """Accuracy columns come from headlens.scoring.evaluate; removing identity layers keeps them."""
+    import json
+
+    task = tmp_path / "pick.jsonl"
+    task.write_text("\n".join(json.dumps({"context": f"the quick brown fox {w}", "choices": [" dog", " cat"],
+                                          "gold": i % 2}) for i, w in enumerate(["jumps", "runs", "sits", "naps"])) + "\n")
+    model = deep_models["llama-identity"]
+    frame = pruning_curve(model, TEXTS, ns=[0, 2], methods=("similarity",), tasks=[str(task)], shots=0)
+    col = f"acc_{str(task)}"
+    assert col in frame and frame[col].between(0, 1).all()
+    assert frame.loc[frame.n == 2, col].item() == frame.loc[frame.n == 0, col].item()
