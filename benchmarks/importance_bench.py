@@ -60,9 +60,9 @@ def run_mode(mode: str, folder: str, n: int, batch: int) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from headlens.importance import head_importance
-    from headlens.loading import load_model
-    from headlens.scoring import choice_logprobs
+    from headlens.analyses.importance import head_importance
+    from headlens.model.loading import load_model
+    from headlens.analyses.scoring import choice_logprobs
 
     torch.set_num_threads(2)
     model = load_model(folder, device="cpu")

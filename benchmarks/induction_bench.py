@@ -35,7 +35,7 @@ warnings.filterwarnings("ignore")
 
 import induction_reference as ref  # noqa: E402
 
-from headlens.induction import (  # noqa: E402
+from headlens.analyses.induction import (  # noqa: E402
     copying,
     copying_scores,
     prefix_matching,
@@ -43,7 +43,7 @@ from headlens.induction import (  # noqa: E402
     repeated_random_tokens,
     sequence_length,
 )
-from headlens.loading import load_model  # noqa: E402
+from headlens.model.loading import load_model  # noqa: E402
 
 PREFIX_SEEDS = [0, 35, 70, 105]
 COPYING_SEEDS = [0, 20]

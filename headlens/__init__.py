@@ -13,14 +13,14 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "HeadlensError": "headlens.errors",
-    "Gates": "headlens.gates",
-    "gated": "headlens.gates",
-    "load_model": "headlens.loading",
-    "Scores": "headlens.results",
-    "evaluate": "headlens.scoring",
+    "Gates": "headlens.model.gates",
+    "gated": "headlens.model.gates",
+    "load_model": "headlens.model.loading",
+    "Scores": "headlens.results.scores",
+    "evaluate": "headlens.analyses.scoring",
     "get_task": "headlens.tasks",
-    "task_importance": "headlens.importance",
-    "layer_distances": "headlens.layers",
+    "task_importance": "headlens.analyses.importance",
+    "layer_distances": "headlens.analyses.layers",
 }
 
 __all__ = ["HeadlensError", "Gates", "Scores", "__version__", "evaluate", "gated", "get_task",

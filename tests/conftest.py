@@ -29,7 +29,7 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_models(tiny_dir):
     """Loaded bridges keyed by architecture (cached for the session)."""
-    from headlens.loading import load_model
+    from headlens.model.loading import load_model
     from tests.builders import ARCHS
 
     return {arch: load_model(str(tiny_dir / arch), device="cpu") for arch in ARCHS}
@@ -51,7 +51,7 @@ def planted_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def planted(planted_dir):
-    from headlens.loading import load_model
+    from headlens.model.loading import load_model
 
     return load_model(str(planted_dir), device="cpu")
 
@@ -63,11 +63,11 @@ DEMO_SMALL = dict(importance_limit=8, eval_limit=16, prune_limit=8, induction_se
 @pytest.fixture(scope="session")
 def demo_out(tmp_path_factory):
     """The demo on the shipped model with small limits (skipped when tiny-icl is absent)."""
-    from headlens.loading import shipped_models
+    from headlens.model.loading import shipped_models
 
     if "tiny-icl" not in shipped_models():
         pytest.skip("the shipped model data/models/tiny-icl is not installed")
-    from headlens.demo import DemoConfig, run_demo
+    from headlens.runs.demo import DemoConfig, run_demo
 
     root = tmp_path_factory.mktemp("demo")
     previous = os.environ.get("HEADLENS_CACHE")

@@ -33,17 +33,17 @@ def save_tiny_figures(model, out: str | Path, *, tasks=("copa", "piqa"), shots=(
     """Compute small versions of every analysis on ``model`` and save their figures into ``out``."""
     import pandas as pd
 
-    from headlens import induction
-    from headlens import overlap as ov
-    from headlens.importance import aggregate, task_importance
-    from headlens.layers import layer_distances, pruning_curve as layer_curve
-    from headlens.plots import importance as pimp
-    from headlens.plots import layers as play
-    from headlens.plots import overlap as pov
-    from headlens.plots.common import head_heatmap, save_figure
-    from headlens.plots.induction import induction_panels
-    from headlens.pruning import TaskEvaluator, pruning_curve, pruning_grid
-    from headlens.texts import load_texts
+    from headlens.analyses import induction
+    from headlens.analyses import overlap as ov
+    from headlens.analyses.importance import aggregate, task_importance
+    from headlens.analyses.layers import layer_distances, pruning_curve as layer_curve
+    from headlens.report import importance as pimp
+    from headlens.report import layers as play
+    from headlens.report import overlap as pov
+    from headlens.report.figures import head_heatmap, save_figure
+    from headlens.report.induction import induction_panels
+    from headlens.analyses.pruning import TaskEvaluator, pruning_curve, pruning_grid
+    from headlens.tasks.texts import load_texts
 
     out = Path(out)
     data = str(FIXTURE_TASKS)

@@ -1,47 +1,20 @@
 """Few-shot tasks: the registry (tasks are data), examples and their splits.
 
-Contract shared by prompting, scoring, importance and pruning: a task turns each document
-of a split into an :class:`Example` (the query's prompt text, the continuations exactly as
-scored, and the gold index). Demonstrations are other examples' ``context + target``.
+Modules: ``schema`` (:class:`Example`), ``registry`` (:class:`Task`, YAML/TOML/JSONL task
+files, groups), ``sources`` (hub / local files / generators), ``processors`` (document ->
+Example), ``byo`` (JSONL examples), ``prompts`` (k-shot prompts as tokens), ``synthetic``
+(the offline suite), ``texts`` (plain text corpora for layer analyses).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from headlens.tasks.registry import (
+    Task,
+    expand_tasks,
+    get_task,
+    load_task_file,
+    task_names,
+)
+from headlens.tasks.schema import Example
 
-__all__ = ["Example", "Task", "get_task", "task_names", "load_task_file"]
-
-
-@dataclass(frozen=True)
-class Example:
-    """One multiple-choice query.
-
-    Attributes:
-        context: the query's prompt text without demonstrations, e.g. ``"Question: q\\nAnswer:"``.
-        choices: the continuations exactly as scored (leading space included where the
-            template has one). Scoring and importance both use these strings unchanged.
-        gold: index of the correct choice.
-        target: text appended to ``context`` when this example is a demonstration
-            (default: ``choices[gold]``).
-        group: examples sharing a group form one question (MultiRC all-answers-right).
-        gold_set: all acceptable choice indices (ReCoRD: several entities can be right).
-        doc_id: position of the source document in its split.
-        contexts: per-choice contexts when the choices share one continuation but differ in
-            context (Winogrande partial scoring); ``context`` is then the gold one.
-    """
-
-    context: str
-    choices: tuple[str, ...]
-    gold: int
-    target: str | None = None
-    group: str | None = None
-    gold_set: tuple[int, ...] | None = None
-    doc_id: int = 0
-    contexts: tuple[str, ...] | None = None
-
-    @property
-    def demo_text(self) -> str:
-        return self.context + (self.target if self.target is not None else self.choices[self.gold])
-
-
-from headlens.tasks.registry import Task, get_task, load_task_file, task_names  # noqa: E402
+__all__ = ["Example", "Task", "expand_tasks", "get_task", "task_names", "load_task_file"]

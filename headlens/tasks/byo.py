@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from headlens.errors import HeadlensError
-from headlens.tasks import Example
+from headlens.tasks.schema import Example
 
 SPLITS = ("train", "validation", "test")
 KEYS = {"context", "choices", "gold", "split", "group", "id"}
@@ -79,29 +79,6 @@ def parse_jsonl(path: str | Path) -> tuple[list[tuple[str, Example]], str]:
         raise HeadlensError(f"task file {path} has no examples; write one JSON object per line")
     _PARSED[key] = (rows, hashlib.sha256(data).hexdigest())
     return _PARSED[key]
-
-
-def jsonl_task(path: str | Path, *, separator: str = "\n\n", delimiter: str = ""):
-    """A :class:`~headlens.tasks.Task` from a JSONL examples file (validated now, fully).
-
-    Args:
-        path: the ``.jsonl`` file.
-        separator: between demonstrations, and between them and the query.
-        delimiter: prepended to every choice (e.g. ``" "`` when the file's choices have no
-            leading space but the context ends without one).
-    """
-    from headlens.tasks.registry import Task
-
-    path = Path(path).expanduser()
-    rows, digest = parse_jsonl(path)
-    splits = {s for s, _ in rows}
-    train = "train" if "train" in splits else "test"
-    evaluate = "test" if "test" in splits else "validation" if "validation" in splits else "train"
-    # the content hash is the version: editing the file makes cached results stale
-    return Task(name=path.stem, version=int(digest[:8], 16), metric="acc",
-                source={"kind": "examples", "path": str(path.resolve()), "delimiter": delimiter},
-                train_split=train, eval_split=evaluate, importance_split=train,
-                separator=separator, group="file", origin=str(path))
 
 
 def split_examples(task, split: str) -> list[Example]:

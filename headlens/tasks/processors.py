@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from headlens.errors import HeadlensError
-from headlens.tasks import Example
+from headlens.tasks.schema import Example
 
 
 class MissingColumn(KeyError):

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from headlens.errors import HeadlensError, closest
-from headlens.tasks import Example
+from headlens.tasks import byo, sources
+from headlens.tasks.processors import PROCESSORS
+from headlens.tasks.schema import Example
 
 Metric = Literal["acc", "record_em", "multirc"]
 METRICS = ("acc", "record_em", "multirc")
@@ -66,8 +68,6 @@ class Task:
     description: str = ""
 
     def __post_init__(self) -> None:
-        from headlens.tasks.processors import PROCESSORS
-
         where = f"task {self.name!r} ({self.origin or 'in memory'})"
         if not isinstance(self.version, int):
             raise HeadlensError(f"{where}: version must be an integer, got {self.version!r}")
@@ -100,9 +100,7 @@ class Task:
                 ``<data_dir>/<split>.jsonl|parquet``) or a local ``datasets`` cache.
             seed: passed to ``python`` sources (generators); ignored by data sets.
         """
-        from headlens.tasks.sources import load_examples
-
-        return load_examples(self, split, data_dir, seed)
+        return sources.load_examples(self, split, data_dir, seed)
 
     def importance_examples(self, data_dir: str | Path | None = None, *, seed: int = 0) -> list[Example]:
         """The first ``importance_limit`` examples of ``importance_split`` (dataset order)."""
@@ -196,6 +194,27 @@ def task_names(group: str | None = None) -> list[str]:
     return [n for n, t in tasks.items() if t.group == group]
 
 
+def jsonl_task(path: str | Path, *, separator: str = "\n\n", delimiter: str = ""):
+    """A :class:`~headlens.tasks.Task` from a JSONL examples file (validated now, fully).
+
+    Args:
+        path: the ``.jsonl`` file.
+        separator: between demonstrations, and between them and the query.
+        delimiter: prepended to every choice (e.g. ``" "`` when the file's choices have no
+            leading space but the context ends without one).
+    """
+    path = Path(path).expanduser()
+    rows, digest = byo.parse_jsonl(path)
+    splits = {s for s, _ in rows}
+    train = "train" if "train" in splits else "test"
+    evaluate = "test" if "test" in splits else "validation" if "validation" in splits else "train"
+    # the content hash is the version: editing the file makes cached results stale
+    return Task(name=path.stem, version=int(digest[:8], 16), metric="acc",
+                source={"kind": "examples", "path": str(path.resolve()), "delimiter": delimiter},
+                train_split=train, eval_split=evaluate, importance_split=train,
+                separator=separator, group="file", origin=str(path))
+
+
 def load_task_file(path: str | Path, **options) -> Task:
     """A task from a local file: ``.jsonl`` examples (options: separator, delimiter) or a
     ``.yaml``/``.yml``/``.toml`` task definition (exactly one entry)."""
@@ -203,8 +222,6 @@ def load_task_file(path: str | Path, **options) -> Task:
     if not path.is_file():
         raise HeadlensError(f"task file {path} does not exist")
     if path.suffix == ".jsonl":
-        from headlens.tasks.byo import jsonl_task
-
         return jsonl_task(path, **options)
     if path.suffix in (".yaml", ".yml", ".toml"):
         tasks = tasks_from_file(path)
@@ -239,3 +256,28 @@ def get_task(name_or_path: str | Path | Task, **options) -> Task:
 
         task = replace(task, **options)
     return task
+
+
+GROUPS = ("all", "study", "offline")
+
+
+def expand_tasks(spec: str | list[str] | tuple[str, ...], *, option: str = "tasks") -> list[str]:
+    """A task selection -> task names/paths: a comma list (or list) of names, task files and
+    groups (``all``/``study``: the 14 study tasks, ``offline``: the synthetic suite)."""
+    parts = spec.split(",") if isinstance(spec, str) else [str(p) for p in spec]
+    out: list[str] = []
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        if part in GROUPS:
+            group = task_names(part)
+            if not group:
+                raise HeadlensError(f"{option} {part}: no tasks in group {part!r} "
+                                    f"(headlens/tasks/{GROUP_ALIASES.get(part, part)}.yaml is not installed)")
+            out.extend(group)
+        else:
+            out.append(part)
+    if not out:
+        raise HeadlensError(f"{option} is empty ({spec!r}); give a task name, a comma list, 'all', "
+                            f"'offline', or a task file")
+    return out

@@ -14,7 +14,9 @@ import json
 from pathlib import Path
 
 from headlens.errors import HeadlensError
-from headlens.tasks import Example
+from headlens.tasks import byo
+from headlens.tasks.processors import PROCESSORS, MissingColumn
+from headlens.tasks.schema import Example
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 _CACHE: dict[tuple, list[Example]] = {}
@@ -89,7 +91,6 @@ def _python_examples(task, split: str, seed: int) -> list[Example]:
 def _process(task, rows: list[dict], where: str) -> list[Example]:
     from dataclasses import replace
 
-    from headlens.tasks.processors import PROCESSORS, MissingColumn
 
     if rows and task.columns:
         missing = [c for c in task.columns if c not in rows[0]]
@@ -134,9 +135,7 @@ def load_examples(task, split: str, data_dir: str | Path | None, seed: int = 0) 
     if kind == "python":
         examples, where = _python_examples(task, split, seed), task.source["function"]
     elif kind == "examples":
-        from headlens.tasks.byo import split_examples
-
-        examples, where = split_examples(task, split), task.source["path"]
+        examples, where = byo.split_examples(task, split), task.source["path"]
     else:
         local = find_local_file(task, split, data_dir) if data_dir is not None else None
         if kind == "files" and local is None:

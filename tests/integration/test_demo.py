@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from headlens.report import collect_figures
+from headlens.report.html import collect_figures
 from tests.conftest import DEMO_SMALL
 
 
@@ -24,16 +24,16 @@ def test_demo_writes_every_section_and_figure(demo_out):
 
 
 def test_demo_rerun_recomputes_nothing(demo_out, monkeypatch):
-    import headlens.healing
-    import headlens.importance
-    import headlens.scoring
-    from headlens.demo import DemoConfig, run_demo
+    import headlens.analyses.healing
+    import headlens.analyses.importance
+    import headlens.analyses.scoring
+    from headlens.runs.demo import DemoConfig, run_demo
 
     def boom(*a, **k):
         raise AssertionError("recomputed on a cached rerun")
 
-    for mod, name in [(headlens.importance, "head_importance"), (headlens.scoring, "evaluate_prepared"),
-                      (headlens.healing, "heal")]:
+    for mod, name in [(headlens.analyses.importance, "head_importance"), (headlens.analyses.scoring, "evaluate_prepared"),
+                      (headlens.analyses.healing, "heal")]:
         monkeypatch.setattr(mod, name, boom)
     monkeypatch.setenv("HEADLENS_CACHE", str(demo_out.parent.parent / "cache"))
     again = run_demo(demo_out.parent, DemoConfig(**DEMO_SMALL), log=lambda m: None, progress=False)
@@ -43,7 +43,7 @@ def test_demo_rerun_recomputes_nothing(demo_out, monkeypatch):
 def test_demo_cli_help_is_instant_and_lists_out():
     from typer.testing import CliRunner
 
-    from headlens.cli import app
+    from headlens.cli.app import app
 
     res = CliRunner().invoke(app, ["demo", "--help"])
     assert res.exit_code == 0 and "--out" in res.output

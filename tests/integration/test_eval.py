@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from headlens.errors import HeadlensError
-from headlens.gates import ones
-from headlens.prompts import prepare
-from headlens.scoring import choice_logprobs, evaluate
+from headlens.model.gates import ones
+from headlens.tasks.prompts import prepare
+from headlens.analyses.scoring import choice_logprobs, evaluate
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "tasks"
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from headlens.cache import ResultCache
-from headlens.cli import app, main
-from headlens.importance import task_importance
+from headlens.results.cache import ResultCache
+from headlens.cli.app import app, main
+from headlens.analyses.importance import task_importance
 
 FIXTURES = "tests/fixtures/tasks"
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from headlens import hooknames
+from headlens.model import hooknames
 from headlens.errors import HeadlensError
-from headlens.importance import aggregate, gold_nll, head_importance, normalize, pack_gold
-from headlens.results import Scores
+from headlens.analyses.importance import aggregate, gold_nll, head_importance, normalize, pack_gold
+from headlens.results.scores import Scores
 
 
 @dataclass
@@ -97,7 +97,7 @@ def test_importance_errors(tiny_models):
 
 
 def test_nonfinite_gradients_are_reported_not_written(tiny_models, monkeypatch):
-    import headlens.importance as imp
+    import headlens.analyses.importance as imp
 
     model = tiny_models["gpt2"]
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from headlens.errors import HeadlensError
-from headlens.gates import gated
-from headlens.induction import (
+from headlens.model.gates import gated
+from headlens.analyses.induction import (
     _copying_run,
     copying,
     prefix_matching,
@@ -103,8 +103,8 @@ def test_vectorised_scores_equal_reference_loops(which, planted_dir, tiny_dir):
     """Against slow loops on the Hugging Face model itself (no TransformerLens): 1e-5 (fp32)."""
     from transformers import AutoModelForCausalLM
 
-    from headlens.induction import prefix_matching_scores
-    from headlens.loading import load_model
+    from headlens.analyses.induction import prefix_matching_scores
+    from headlens.model.loading import load_model
 
     ref = _reference()
     path = planted_dir if which == "planted" else tiny_dir / "gpt2"
@@ -179,8 +179,8 @@ def test_eigen_maps_query_heads_to_their_kv_head_under_gqa(tiny_models):
 def test_cli_json_and_out(planted_dir, tmp_path):
     from typer.testing import CliRunner
 
-    from headlens.cli import app
-    from headlens.results import Scores
+    from headlens.cli.app import app
+    from headlens.results.scores import Scores
 
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["induction", "--model", str(planted_dir), "--seeds", "2",
@@ -204,7 +204,7 @@ def test_cli_json_and_out(planted_dir, tmp_path):
 def test_cli_rejects_unknown_variant(planted_dir):
     from typer.testing import CliRunner
 
-    from headlens.cli import app
+    from headlens.cli.app import app
 
     result = CliRunner().invoke(app, ["induction", "--model", str(planted_dir), "--copying", "papr"])
     assert isinstance(result.exception, HeadlensError) and "paper, corrected, eigen" in str(result.exception)

@@ -13,12 +13,12 @@ import shutil
 import pytest
 import torch
 
-from headlens import hooknames
+from headlens.model import hooknames
 from headlens.errors import HeadlensError
-from headlens.layers import (clean_hf_copy, deepest_block, layer_distances, lm_loss, pruning_curve,
-                             remove_layers, residual_points, save_model)
-from headlens.loading import load_model
-from headlens.texts import last_index
+from headlens.analyses.layers import layer_distances, lm_loss, pruning_curve, residual_points
+from headlens.model.surgery import clean_hf_copy, deepest_block, remove_layers, save_model
+from headlens.model.loading import load_model
+from headlens.tasks.texts import last_index
 from tests.builders import ARCHS, build_tiny
 
 TEXTS = [
@@ -225,8 +225,8 @@ def test_lm_loss_matches_hf_and_pads_are_ignored(tiny_models, tiny_dir):
 def test_healing_lowers_heldout_loss(tiny_models, monkeypatch):
     import copy
 
-    from headlens import healing
-    from headlens.healing import heal
+    from headlens.analyses import healing
+    from headlens.analyses.healing import heal
 
     model = tiny_models["gpt2"]
     train = [f"{a} {b}" for a in ("the quick brown fox", "a stitch in time", "question answer")
@@ -248,7 +248,7 @@ def test_healing_lowers_heldout_loss(tiny_models, monkeypatch):
 
 
 def test_pruning_curve_and_figures(deep_models):
-    from headlens.plots.layers import distance_heatmap, pruning_curves
+    from headlens.report.layers import distance_heatmap, pruning_curves
 
     model = deep_models["llama-identity"]
     dist = layer_distances(model, TEXTS)
@@ -267,7 +267,7 @@ def test_pruning_curve_and_figures(deep_models):
 def test_cli_layers(deep_models, tmp_path):
     from typer.testing import CliRunner
 
-    from headlens.cli import app
+    from headlens.cli.app import app
 
     text = tmp_path / "t.txt"
     text.write_text("\n".join(TEXTS) + "\n")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from headlens import hooknames
+from headlens.model import hooknames
 from headlens.errors import HeadlensError
-from headlens.gates import Gates, gated, mask_lowest, ones
-from headlens.loading import load_model
+from headlens.model.gates import Gates, gated, mask_lowest, ones
+from headlens.model.loading import load_model
 from tests.builders import ARCHS
 
 

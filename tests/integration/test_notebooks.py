@@ -24,7 +24,7 @@ BUDGET_S = 180  # each notebook must finish in 3 minutes on 2 CPU cores
 
 
 def _missing() -> str | None:
-    from headlens.loading import shipped_models
+    from headlens.model.loading import shipped_models
     from headlens.tasks import task_names
 
     if "tiny-icl" not in shipped_models():

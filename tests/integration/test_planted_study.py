@@ -14,12 +14,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from headlens import overlap as ov
-from headlens.cli import app
-from headlens.gates import Gates
-from headlens.importance import task_importance
-from headlens.induction import copying, prefix_matching
-from headlens.pruning import TaskEvaluator, cached_curve
+from headlens.analyses import overlap as ov
+from headlens.cli.app import app
+from headlens.model.gates import Gates
+from headlens.analyses.importance import task_importance
+from headlens.analyses.induction import copying, prefix_matching
+from headlens.analyses.pruning import TaskEvaluator, cached_curve
 from tests.planted import INDUCTION_HEAD, PREV_HEAD
 
 N_CHOICES = 4

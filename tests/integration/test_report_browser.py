@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from headlens.browser import Browser, check_plots, find_chromium
+from tools.browser import Browser, check_plots, find_chromium
 from headlens.errors import HeadlensError
 
 CHROMIUM = find_chromium()
@@ -48,7 +48,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def figures(tmp_path_factory):
-    from headlens.loading import load_model
+    from headlens.model.loading import load_model
     from tests.builders import build_tiny
     from tests.figures import save_tiny_figures
 
@@ -74,7 +74,7 @@ def open_report(report: Path, shot: Path, expected: int) -> list[dict]:
 
 
 def test_report_renders_every_figure(figures, tmp_path):
-    from headlens.report import build_report, collect_figures
+    from headlens.report.html import build_report, collect_figures
     from tests.figures import FIGURES
 
     n = len(collect_figures(figures))
@@ -89,7 +89,7 @@ def test_report_renders_every_figure(figures, tmp_path):
 
 
 def test_browser_check_catches_broken_pages(tmp_path):
-    from headlens.plots.common import figure_div
+    from headlens.report.figures import figure_div
     import plotly.graph_objects as go
 
     # plotly.js missing: the div stays empty and the inline call throws.
@@ -113,7 +113,7 @@ def test_browser_check_catches_broken_pages(tmp_path):
 
 
 def test_gallery_writes_small_pngs(figures, tmp_path):
-    from headlens.gallery import HEIGHT, WIDTH, gallery, main
+    from tools.gallery import HEIGHT, WIDTH, gallery, main
     from tests.figures import FIGURES
 
     paths = gallery(figures, tmp_path / "gallery")
@@ -130,13 +130,13 @@ def test_gallery_writes_small_pngs(figures, tmp_path):
 @pytest.mark.slow
 def test_demo_report_renders(tmp_path, monkeypatch):
     """The demo's report on the shipped model (small limits), when tiny-icl is installed."""
-    from headlens.loading import shipped_models
+    from headlens.model.loading import shipped_models
 
     if "tiny-icl" not in shipped_models():
         pytest.skip("the shipped model tiny-icl is not installed (data/models/tiny-icl)")
-    pytest.importorskip("headlens.synthetic", reason="the offline tasks (headlens.synthetic) are not installed")
-    from headlens.demo import DemoConfig, run_demo
-    from headlens.report import collect_figures
+    pytest.importorskip("headlens.tasks.synthetic", reason="the offline tasks (headlens.tasks.synthetic) are not installed")
+    from headlens.runs.demo import DemoConfig, run_demo
+    from headlens.report.html import collect_figures
     from headlens.tasks import task_names
 
     monkeypatch.setenv("HEADLENS_CACHE", str(tmp_path / "cache"))

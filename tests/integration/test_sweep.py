@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from headlens import sweep
+from headlens.runs import sweep
 from headlens.errors import HeadlensError
-from headlens.sweep import expand, load_sweep, model_identity, parse_memory, parse_sweep
-from headlens.sweep_exec import JobRecord, _Live, plan, run_sweep
+from headlens.runs.sweep import expand, load_sweep, model_identity, parse_memory, parse_sweep
+from headlens.runs.execute import JobRecord, _Live, plan, run_sweep
 
 FIXTURES = str(Path("tests/fixtures/tasks").resolve())
 REPO = str(Path(__file__).resolve().parents[2])
@@ -133,9 +133,9 @@ def test_expansion_order_dependencies_and_resources(two_models, tmp_path):
 
 
 def test_job_key_is_task_importance_cache_key(two_models, local_sweep):
-    from headlens.cache import ResultCache
-    from headlens.importance import task_importance
-    from headlens.loading import load_model
+    from headlens.results.cache import ResultCache
+    from headlens.analyses.importance import task_importance
+    from headlens.model.loading import load_model
 
     bridge = load_model(two_models["llama"], device="cpu")
     assert model_identity(local_sweep["spec"].models[1]) == bridge.headlens_info
@@ -233,7 +233,7 @@ def test_failed_job_retried_recorded_and_reproducible(two_models, tmp_path, monk
     assert env.startswith("HEADLENS_CACHE=") and argv[0] == "headlens"
     monkeypatch.setenv("HEADLENS_CACHE", env.split("=", 1)[1])
     monkeypatch.setattr(sys, "argv", argv)
-    from headlens.cli import main
+    from headlens.cli.app import main
 
     with pytest.raises(SystemExit) as ex:
         main()
@@ -262,10 +262,10 @@ def test_live_table_shows_each_status(two_models, tmp_path):
 def test_pruning_and_layer_distance_jobs_equal_direct_calls(two_models, tmp_path):
     import pandas as pd
 
-    from headlens.importance import task_importance
-    from headlens.layers import layer_distances
-    from headlens.loading import load_model
-    from headlens.pruning import TaskEvaluator, pruning_curve
+    from headlens.analyses.importance import task_importance
+    from headlens.analyses.layers import layer_distances
+    from headlens.model.loading import load_model
+    from headlens.analyses.pruning import TaskEvaluator, pruning_curve
 
     texts = ["the quick brown fox jumps over the lazy dog", "a stitch in time saves nine",
              "question answer true false"]
@@ -287,7 +287,7 @@ def test_pruning_and_layer_distance_jobs_equal_direct_calls(two_models, tmp_path
     for a, b in zip(saved_dist["distance"], dist.to_dict()["distance"]):
         np.testing.assert_allclose(a, b, rtol=1e-6)  # float32 forward passes, same inputs
     # each job's reproduce command gives the same numbers on its own
-    from headlens.cli import app
+    from headlens.cli.app import app
 
     by_analysis = {r.job.analysis: r.job for r in report.records}
     for analysis, check in (("pruning", lambda o: np.testing.assert_allclose(
@@ -302,10 +302,10 @@ def test_pruning_and_layer_distance_jobs_equal_direct_calls(two_models, tmp_path
 
 
 def test_induction_jobs_equal_direct_calls(two_models, tmp_path):
-    induction = pytest.importorskip("headlens.induction", reason="headlens.induction not in this branch yet")
+    induction = pytest.importorskip("headlens.analyses.induction", reason="headlens.analyses.induction not in this branch yet")
     if Path(induction.__file__).parent != Path(sweep.__file__).parent:  # an editable install elsewhere
-        pytest.skip("headlens.induction comes from another checkout than headlens.sweep")
-    from headlens.loading import load_model
+        pytest.skip("headlens.analyses.induction comes from another checkout than headlens.runs.sweep")
+    from headlens.model.loading import load_model
 
     data = {**grid(two_models, tmp_path, "ind"), "models": [two_models["gpt2"]], "tasks": None,
             "analyses": {"induction": {"seeds": 2, "copying": ["corrected"]}}}
@@ -326,7 +326,7 @@ def test_induction_jobs_equal_direct_calls(two_models, tmp_path):
 def test_cli_dry_run_and_run(two_models, local_sweep, tmp_path):
     import yaml
 
-    from headlens.cli import app
+    from headlens.cli.app import app
 
     data = grid(two_models, tmp_path, "cli")
     data["cache"] = str(local_sweep["cache"])  # everything cached: the run only writes files

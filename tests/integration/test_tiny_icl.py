@@ -1,7 +1,7 @@
 """The shipped model ``tiny-icl``: loads by name as a working bridge and learns in context.
 
 Measured on a fixed sample (first 20 test queries of each of the 14 offline tasks, seed 0) with
-the simple scorer of :mod:`headlens.train_tiny` (sum of the choice's token log-probabilities,
+the simple scorer of :mod:`tools.train_tiny` (sum of the choice's token log-probabilities,
 argmax). The bars are issue 5's: mean 5-shot >= 0.80 and mean 5-shot - mean 0-shot >= 0.20.
 """
 
@@ -10,15 +10,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from headlens import synthetic
-from headlens.loading import shipped_models
+from headlens.tasks import synthetic
+from headlens.model.loading import shipped_models
 
 pytestmark = pytest.mark.skipif("tiny-icl" not in shipped_models(), reason="tiny-icl not shipped")
 
 
 @pytest.fixture(scope="module")
 def bridge():
-    from headlens.loading import load_model
+    from headlens.model.loading import load_model
 
     return load_model("tiny-icl", device="cpu")
 
@@ -44,7 +44,7 @@ def test_loads_as_a_working_bridge(bridge):
 def test_card_bars_on_a_fixed_sample(bridge):
     """The model card's bars, measured by headlens itself (scorer, induction, importance) on
     the first 20 test queries per task and shot count; the card reports n = 100 as well."""
-    from headlens.tiny_card import BARS, measure
+    from tools.tiny_card import BARS, measure
 
     res = measure("tiny-icl", n=20, induction_seeds=4)
     s = res["summary"]

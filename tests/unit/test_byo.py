@@ -7,7 +7,7 @@ import json
 import pytest
 
 from headlens.errors import HeadlensError
-from headlens.prompts import prepare
+from headlens.tasks.prompts import prepare
 from headlens.tasks import get_task
 
 LINES = [

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from headlens.results import Scores
+from headlens.results.scores import Scores
 
 
 def test_induction_panels_two_heatmaps_with_hover_and_std():
-    from headlens.plots.induction import induction_panels
+    from headlens.report.induction import induction_panels
 
     prefix = Scores(values=np.arange(6.0).reshape(2, 3) / 6, metric="prefix_matching", model="m",
                     std=np.full((2, 3), 0.1))

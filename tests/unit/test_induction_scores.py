@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from headlens.errors import HeadlensError
-from headlens.induction import (
+from headlens.analyses.induction import (
     copying_scores,
     frequency_ranking,
     prefix_matching_scores,

@@ -14,10 +14,10 @@ import pytest
 import torch
 from scipy import stats
 
-from headlens import overlap as ov
+from headlens.analyses import overlap as ov
 from headlens.errors import HeadlensError
-from headlens.gates import check, mask_lowest
-from headlens.results import Scores
+from headlens.model.gates import check, mask_lowest
+from headlens.results.scores import Scores
 
 
 def S(values, metric="head_importance", **meta) -> Scores:
@@ -267,7 +267,7 @@ def test_causal_check_gates_the_right_heads():
 
 # ------------------------------------------------------------------------- figures and CLI
 def test_figures_build():
-    from headlens.plots import overlap as figs
+    from headlens.report import overlap as figs
 
     rng = np.random.default_rng(6)
     scores = [S(rng.random((3, 4)), task=t, shots=k) for t in ("a", "b") for k in (0, 1)]
@@ -286,7 +286,7 @@ def test_figures_build():
 def test_cli_overlap_json_and_text(tmp_path):
     from typer.testing import CliRunner
 
-    from headlens.cli import app
+    from headlens.cli.app import app
 
     rng = np.random.default_rng(7)
     base = rng.random((4, 5))

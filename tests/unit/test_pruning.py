@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from headlens.errors import HeadlensError
-from headlens.pruning import pruning_curve, pruning_grid, random_ranking
-from headlens.results import Scores
+from headlens.analyses.pruning import pruning_curve, pruning_grid, random_ranking
+from headlens.results.scores import Scores
 
 
 def _fake_evaluate(key_heads):
@@ -65,7 +65,7 @@ def test_bad_input_and_seeded_random_ranking():
 def test_ffn_oracle_scores_the_accuracy_drop_of_each_removed_ffn():
     from types import SimpleNamespace
 
-    from headlens.importance import ffn_oracle
+    from headlens.analyses.importance import ffn_oracle
 
     model = SimpleNamespace(cfg=SimpleNamespace(n_layers=3, model_name="fake"), parameters=lambda: iter([]))
     drop = {0: 0.1, 1: 0.0, 2: 0.5}

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from headlens.errors import HeadlensError
-from headlens.plots.common import head_heatmap, load_figure, save_figure
-from headlens.report import build_report, collect_figures
-from headlens.results import Scores
+from headlens.report.figures import head_heatmap, load_figure, save_figure
+from headlens.report.html import build_report, collect_figures
+from headlens.results.scores import Scores
 
 
 def test_report_embeds_every_figure_with_captions_offline(tmp_path):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from headlens.cache import ResultCache, cache_key
+from headlens.results.cache import ResultCache, cache_key
 from headlens.errors import HeadlensError
-from headlens.results import Scores, load_all
+from headlens.results.scores import Scores, load_all
 
 
 def test_top_labels_frame_and_round_trip(tmp_path):

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from headlens import synthetic
+from headlens.tasks import synthetic
 from headlens.errors import HeadlensError
 from headlens.tasks import Example
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from headlens.errors import HeadlensError
-from headlens.prompts import prepare
+from headlens.tasks.prompts import prepare
 from headlens.tasks import Example, Task, get_task, task_names
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "tasks"

@@ -1,0 +1,5 @@
+"""``python -m headlens`` = the ``headlens`` command."""
+
+from headlens.cli import main
+
+main()

@@ -1,0 +1,294 @@
+"""Head and FFN importance by gradient gates (Michel et al. 2019; Bansal et al. 2023).
+
+Every head's output before W_O (``hook_z``) is multiplied by a gate xi and every FFN
+output (``hook_mlp_out``) by a gate; the gates are per token, so one backward pass gives,
+for head h of layer l at token t, ``dL/dxi_t = a_t . g_t`` where a_t is the head's output and
+g_t the gradient of the loss with respect to it. Parameters stay frozen: no parameter
+gradient is ever allocated. The loss is the negative log-probability of the gold
+continuation tokens only (context tokens are not scored), summed over each example's
+continuation tokens.
+
+Variants:
+    ``bansal``: ``I(l,h) = (1/T) sum_examples sum_t |a_t . g_t|`` with T the number of
+        (non-pad) tokens, the absolute value taken per token (Bansal et al. 2023).
+    ``michel``: ``I(l,h) = (1/N) sum_examples |sum_t a_t . g_t|``, the absolute value of
+        each example's gate gradient, averaged over the N examples (Michel et al. 2019).
+FFN importance uses the same two formulas on the FFN gates. ``ffn_oracle`` is the
+reference's oracle: remove one FFN, re-evaluate, score = accuracy drop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from headlens.model import hooknames
+from headlens.errors import HeadlensError, closest
+from headlens.results.scores import Scores
+
+Variant = Literal["bansal", "michel"]
+Normalize = Literal["none", "l2_layer", "sum"]
+VARIANTS: tuple[str, ...] = ("bansal", "michel")
+
+
+@dataclass(frozen=True)
+class Importance:
+    """Head ([n_layers, n_heads]) and FFN ([n_layers]) importance of one task and shot count."""
+
+    heads: Scores
+    ffn: Scores
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"heads": self.heads.to_dict(), "ffn": self.ffn.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Importance:
+        return cls(heads=Scores.from_dict(d["heads"]), ffn=Scores.from_dict(d["ffn"]))
+
+
+def pack_gold(items: Sequence[Any], pad_id: int) -> tuple[
+        Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Float[Tensor, "batch pos"]]:
+    """Right-padded ``context + gold continuation`` batch.
+
+    Returns:
+        tokens [batch, pos]; attention mask [batch, pos] (1 on real tokens); and
+        ``target_mask`` [batch, pos] that is 1 at positions whose NEXT token is a gold
+        continuation token (the positions whose log-probabilities the loss sums).
+    """
+    seqs, starts = [], []
+    for it in items:
+        cont = list(it.choice_ids[it.gold])
+        if not cont:
+            raise HeadlensError("importance: an example's gold continuation has no tokens; "
+                                "check the task's choices (an empty choice cannot be scored)")
+        seqs.append(list(it.context_ids) + cont)
+        starts.append(len(it.context_ids))
+    width = max(len(s) for s in seqs)
+    tokens = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    target = torch.zeros((len(seqs), width))
+    for i, (s, st) in enumerate(zip(seqs, starts)):
+        tokens[i, : len(s)] = torch.tensor(s)
+        attn[i, : len(s)] = 1
+        target[i, max(st - 1, 0): len(s) - 1] = 1.0
+    return tokens, attn, target
+
+
+def gold_nll(logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "batch pos"],
+             target: Float[Tensor, "batch pos"]) -> Float[Tensor, " batch"]:
+    """Per-example sum of -log p(next token) over the target positions (float32, chunk-free:
+    log-softmax is taken only at the target positions)."""
+    b, p = torch.nonzero(target[:, :-1], as_tuple=True)
+    logp = torch.log_softmax(logits[b, p].float(), dim=-1)
+    nll = -logp.gather(-1, tokens[b, p + 1][:, None])[:, 0]
+    return torch.zeros(tokens.shape[0], dtype=nll.dtype, device=nll.device).index_add(0, b, nll)
+
+
+def gate_gradients(model, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"],
+                   target: Float[Tensor, "batch pos"]) -> tuple[
+        Float[Tensor, "n_layers batch pos n_heads"], Float[Tensor, "n_layers batch pos"]]:
+    """Per-token gate gradients ``a_t . g_t`` for every head and every FFN, one backward pass.
+
+    The gates are leaf tensors at 1, so the forward pass is unchanged; model parameters
+    are not touched (they stay frozen and get no ``.grad``).
+    """
+    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    device = next(model.parameters()).device
+    tokens, attention_mask, target = tokens.to(device), attention_mask.to(device), target.to(device)
+    b, p = tokens.shape
+    head_gate = torch.ones(n_layers, b, p, n_heads, device=device, requires_grad=True)
+    ffn_gate = torch.ones(n_layers, b, p, device=device, requires_grad=True)
+
+    def head_hook(layer):
+        return lambda z, hook: z * head_gate[layer].to(z.dtype)[..., None]
+
+    def ffn_hook(layer):
+        return lambda x, hook: x * ffn_gate[layer].to(x.dtype)[..., None]
+
+    hooks = [(hooknames.z(l), head_hook(l)) for l in range(n_layers)]
+    hooks += [(hooknames.mlp_out(l), ffn_hook(l)) for l in range(n_layers)]
+    with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
+        logits = model(tokens, attention_mask=attention_mask)
+        loss = gold_nll(logits, tokens, target).sum()
+        hg, fg = torch.autograd.grad(loss, [head_gate, ffn_gate])
+    return hg.detach(), fg.detach()
+
+
+def head_importance(model, items: Sequence[Any], *, variant: Variant = "bansal", batch_size: int = 8,
+                    progress: bool = True, meta: dict[str, Any] | None = None) -> Importance:
+    """Head and FFN importance over prepared examples (see the module docstring for formulas).
+
+    Args:
+        model: a TransformerBridge (parameters frozen).
+        items: prepared examples with ``context_ids``, ``choice_ids`` and ``gold``
+            (see :func:`headlens.prompts.prepare`); only the gold continuation is scored.
+        variant: ``bansal`` (|.| per token, / token count) or ``michel`` (|.| per example, / N).
+        batch_size: examples per forward/backward pass.
+        meta: extra metadata stored in the result (task, shots, seed ...).
+
+    Returns:
+        :class:`Importance` with ``heads`` [n_layers, n_heads] and ``ffn`` [n_layers].
+
+    Raises:
+        HeadlensError: no examples, unknown variant, or non-finite gradients (fp16
+            underflow/overflow: rerun with float32 or bfloat16).
+    """
+    if variant not in VARIANTS:
+        raise HeadlensError(f"head_importance: unknown variant {variant!r}; {closest(variant, VARIANTS)}")
+    if len(items) == 0:
+        raise HeadlensError("head_importance: no examples to score; check the task, split and --limit")
+    from tqdm.auto import tqdm
+
+    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    head_acc = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+    ffn_acc = torch.zeros(n_layers, dtype=torch.float64)
+    n_tokens = 0
+    pad_id = _pad_id(model)
+    starts = range(0, len(items), batch_size)
+    for s in tqdm(starts, desc="importance", disable=not progress, leave=False):
+        tokens, attn, target = pack_gold(items[s: s + batch_size], pad_id)
+        hg, fg = gate_gradients(model, tokens, attn, target)
+        mask = attn.to(hg.device, hg.dtype)
+        if variant == "bansal":
+            head_acc += (hg.abs() * mask[None, :, :, None]).sum((1, 2)).double().cpu()
+            ffn_acc += (fg.abs() * mask[None]).sum((1, 2)).double().cpu()
+        else:
+            head_acc += (hg * mask[None, :, :, None]).sum(2).abs().sum(1).double().cpu()
+            ffn_acc += (fg * mask[None]).sum(2).abs().sum(1).double().cpu()
+        n_tokens += int(attn.sum())
+    denom = n_tokens if variant == "bansal" else len(items)
+    heads, ffn = (head_acc / denom).numpy(), (ffn_acc / denom).numpy()
+    if not (np.isfinite(heads).all() and np.isfinite(ffn).all()):
+        dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        raise HeadlensError(
+            f"head_importance: gate gradients are NaN/inf with dtype {dtype} (fp16 underflow or "
+            f"overflow); rerun with --dtype float32 or bfloat16")
+    from headlens.model.loading import model_info
+
+    info = model_info(model)
+    m = {"variant": variant, "n_examples": len(items), "n_tokens": n_tokens, **(meta or {})}
+    return Importance(heads=Scores(heads, metric="head_importance", model=info.name, meta=m),
+                      ffn=Scores(ffn, metric="ffn_importance", model=info.name, meta=m))
+
+
+def _pad_id(model) -> int:
+    tok = model.tokenizer
+    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        val = getattr(tok, attr, None)
+        if val is not None:
+            return int(val)
+    return 0
+
+
+def normalize(values: np.ndarray, how: Normalize = "none") -> np.ndarray:
+    """Normalise one score array (heads [n_layers, n_heads] or FFNs [n_layers]).
+
+    ``none``: unchanged. ``sum``: divided by the sum of absolute values, so every task
+    weighs the same in a mean. ``l2_layer``: each layer's head vector divided by its L2 norm,
+    s[l, h] / ||s[l, :]||_2 (Michel et al. 2019, "Are sixteen heads really better than one?");
+    for a per-layer array, the whole vector by its norm. Zero rows/totals stay zero.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if how == "none":
+        return v.copy()
+    if how == "l2_layer":
+        norm = np.linalg.norm(v, axis=-1, keepdims=True)
+    elif how == "sum":
+        norm = np.abs(v).sum(keepdims=True)
+    else:
+        raise HeadlensError(f"normalize: unknown normalisation {how!r}; available: none, l2_layer, sum")
+    return np.divide(v, norm, out=np.zeros_like(v), where=norm > 0)
+
+
+def aggregate(scores: Sequence[Scores], normalize_by: Normalize = "sum") -> Scores:
+    """The aggregate ranking: mean of several score sets after normalising each one.
+
+    The reference averaged raw scores, so tasks with large gradients dominated; here each
+    set is normalised first (see :func:`normalize`). ``std`` of the result is the spread of
+    the normalised sets. Meta: ``task='aggregate'``, ``aggregate_of`` (labels), ``normalize``.
+    """
+    if not scores:
+        raise HeadlensError("aggregate: no scores given")
+    shapes = {s.values.shape for s in scores}
+    if len(shapes) != 1:
+        raise HeadlensError(f"aggregate: scores have different shapes {sorted(shapes)}; use one model")
+    normed = np.stack([normalize(s.values, normalize_by) for s in scores])
+    metrics = {s.metric for s in scores}
+    models = {s.model for s in scores}
+    variants = {s.meta.get("variant") for s in scores}
+    labels = [str(s.meta.get("task", s.name)) + (f"/{s.meta['shots']}-shot" if s.meta.get("shots") is not None else "")
+              if s.meta.get("task") is not None else s.name for s in scores]
+    return Scores(normed.mean(axis=0), metric=metrics.pop() if len(metrics) == 1 else "aggregate",
+                  model=models.pop() if len(models) == 1 else "",
+                  meta={"task": "aggregate", "aggregate_of": labels, "normalize": normalize_by,
+                        "variant": variants.pop() if len(variants) == 1 else None},
+                  std=normed.std(axis=0))
+
+
+def ffn_oracle(model, evaluate: Callable[[Any], float]) -> Scores:
+    """FFN importance by removal (the reference's oracle): score(l) = acc - acc(without FFN l).
+
+    Args:
+        evaluate: ``evaluate(gates) -> accuracy``; called once with no gates and once per
+            layer with that layer's FFN gate at 0.
+    """
+    from headlens.model.gates import Gates
+    from headlens.model.loading import model_info
+
+    n_layers = int(model.cfg.n_layers)
+    base = float(evaluate(None))
+    drops = np.empty(n_layers)
+    for layer in range(n_layers):
+        g = torch.ones(n_layers)
+        g[layer] = 0.0
+        drops[layer] = base - float(evaluate(Gates(ffn=g)))
+    return Scores(drops, metric="ffn_importance", model=model_info(model).name,
+                  meta={"variant": "oracle", "base_acc": base})
+
+
+def task_importance(model, task, shots: int, *, limit: int | None = None, seed: int = 0,
+                    variant: Variant = "bansal", split: str | None = None, data_dir=None,
+                    batch_size: int = 8, cache=None, progress: bool = True) -> Importance:
+    """Importance of every head and FFN for one task and shot count, cached.
+
+    Prompts come from :func:`headlens.prompts.prepare` on the task's importance split (the
+    train split, first documents in dataset order; demonstrations never include the query),
+    so scoring and importance use exactly the same continuation tokens.
+
+    Args:
+        model: a TransformerBridge; task: registry name, task file or Task; shots: k.
+        limit: number of queries (default: the task's ``importance_limit``, 2,500 in the study).
+        cache: a :class:`headlens.cache.ResultCache` (default one under ``$HEADLENS_CACHE``);
+            ``False`` disables caching.
+    """
+    from headlens.results.cache import ResultCache, cache_key
+    from headlens.model.loading import model_info
+    from headlens.tasks.prompts import prepare
+    from headlens.tasks import get_task
+
+    task = get_task(task)
+    split = split or task.importance_split
+    limit = limit if limit is not None else task.importance_limit
+    if variant not in VARIANTS:
+        raise HeadlensError(f"task_importance: unknown variant {variant!r}; {closest(variant, VARIANTS)}")
+    cache = ResultCache(enabled=False) if cache is False else (cache or ResultCache())
+    info = model_info(model)
+    key = cache_key(kind="importance", model=info.to_dict(), dtype=str(next(model.parameters()).dtype),
+                    **task.key, shots=shots, seed=seed, limit=limit, variant=variant, split=split,
+                    data_dir=str(data_dir) if data_dir else None)
+
+    def compute():
+        prepared = prepare(model, task, shots, split=split, limit=limit, seed=seed, data_dir=data_dir)
+        meta = {"task": task.name, "task_version": task.version, "shots": shots, "seed": seed,
+                "split": split, "limit": limit, "truncated": prepared.truncated,
+                "skipped": prepared.skipped}
+        return head_importance(model, prepared.items, variant=variant, batch_size=batch_size,
+                               progress=progress, meta=meta).to_dict()
+
+    return Importance.from_dict(cache.get_or_compute("importance", key, compute))

@@ -1,0 +1,557 @@
+"""Induction-head scores for every head: prefix matching and copying (three variants).
+
+The protocol follows Bansal et al. (2023, "Rethinking the Role of Scale for In-Context
+Learning", ACL), who adapted Olsson et al. (2022, "In-context Learning and Induction
+Heads"). Sequences are unique random tokens (:func:`repeated_random_tokens`); prefix
+matching reads attention patterns on ``[BOS] + S + S + S + S``; copying asks whether what a
+head writes raises the logit of the token it attends to.
+
+Every score is vectorised over heads, query and key positions (a Python loop runs only over
+layers, seeds or memory chunks); the vocabulary projection is chunked so heads x positions x
+vocabulary is never held at once.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from collections.abc import Iterable
+from typing import Literal
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from headlens.model import hooknames
+from headlens.errors import HeadlensError, closest
+from headlens.results.scores import Scores
+
+CopyingVariant = Literal["paper", "corrected", "eigen"]
+COPYING_VARIANTS: tuple[str, ...] = ("paper", "corrected", "eigen")
+DEFAULT_SEEDS = 10
+
+# Raised probabilities at or below this fraction of their mean count as zero: an exactly
+# uniform distribution otherwise leaves float-rounding residue (~1e-16) whose "share" is noise.
+NOISE_FLOOR = 1e-6
+
+__all__ = [
+    "COPYING_VARIANTS", "copying", "copying_scores", "frequency_ranking", "prefix_matching",
+    "prefix_matching_scores", "repeated_random_tokens", "sequence_length", "usable_vocabulary",
+]
+
+
+# ----------------------------------------------------------------------------- sequences
+def sequence_length(seed: int) -> int:
+    """The study's length of the random sequence S for a seed: ``L = 2 * seed + 25``."""
+    return 2 * int(seed) + 25
+
+
+def _tokenizer(tokenizer_or_model):
+    tok = getattr(tokenizer_or_model, "tokenizer", None)
+    if tok is not None and not callable(getattr(tokenizer_or_model, "convert_ids_to_tokens", None)):
+        return tok, tokenizer_or_model
+    return tokenizer_or_model, None
+
+
+def _special_ids(tok) -> set[int]:
+    ids = set(int(i) for i in (getattr(tok, "all_special_ids", None) or []))
+    decoder = getattr(tok, "added_tokens_decoder", None) or {}
+    ids |= {int(i) for i, t in decoder.items() if getattr(t, "special", True)}
+    return ids
+
+
+def _merged_token(a: str, b: str, prefix: str | None) -> str:
+    if prefix and b.startswith(prefix):
+        b = b[len(prefix):]
+    return a + b
+
+
+def frequency_ranking(tokenizer) -> tuple[np.ndarray, str]:
+    """Token ids ordered from most to least frequent (by a proxy), and the proxy's name.
+
+    - ``bpe_merge_rank`` (tokenizers with BPE merges, e.g. GPT-2, OPT, Pythia): a token's rank
+      is the index of the merge that created it (BPE merges the most frequent pair first);
+      base-alphabet tokens, created by no merge, count as most frequent (in id order).
+    - ``sentencepiece_score`` (Unigram models, e.g. T5, XLNet): higher score = more frequent.
+    - ``id_order`` (anything else, e.g. word-level vocabularies): lower id = more frequent.
+
+    Special tokens are included here; :func:`usable_vocabulary` removes them.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    n_vocab = len(tokenizer)
+    if backend is not None:
+        model = json.loads(backend.to_str()).get("model", {})
+        kind = model.get("type")
+        if kind == "BPE" and model.get("merges"):
+            vocab: dict[str, int] = model["vocab"]
+            prefix = model.get("continuing_subword_prefix")
+            pairs = [m.split(" ", 1) if isinstance(m, str) else m for m in model["merges"]]
+            created = {_merged_token(a, b, prefix): i for i, (a, b) in enumerate(pairs)}
+            ids = np.arange(n_vocab)
+            rank = np.full(n_vocab, -1, dtype=np.int64)
+            known = {vocab[t]: r for t, r in created.items() if t in vocab and vocab[t] < n_vocab}
+            rank[list(known)] = list(known.values())
+            return np.lexsort((ids, rank)), "bpe_merge_rank"
+        if kind == "Unigram" and model.get("vocab"):
+            scores = np.array([float(s) for _, s in model["vocab"]] +
+                              [-np.inf] * max(0, n_vocab - len(model["vocab"])))[:n_vocab]
+            return np.argsort(-scores, kind="stable"), "sentencepiece_score"
+    sp = getattr(tokenizer, "sp_model", None)
+    if sp is not None and hasattr(sp, "get_score"):
+        n = sp.get_piece_size()
+        scores = np.array([sp.get_score(i) for i in range(n)] + [-np.inf] * max(0, n_vocab - n))[:n_vocab]
+        return np.argsort(-scores, kind="stable"), "sentencepiece_score"
+    return np.arange(n_vocab), "id_order"
+
+
+_USABLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def usable_vocabulary(tokenizer, *, exclude_frac: float = 0.04, d_vocab: int | None = None) -> np.ndarray:
+    """Token ids the study samples from: no specials, minus the most and least frequent.
+
+    Non-special ids (below ``d_vocab`` when given) are ranked by :func:`frequency_ranking`;
+    the first and last ``int(exclude_frac * n)`` are dropped. Returned in rank order.
+    """
+    if not 0 <= exclude_frac < 0.5:
+        raise HeadlensError(f"usable_vocabulary: exclude_frac must be in [0, 0.5), got {exclude_frac}")
+    key = (exclude_frac, d_vocab)
+    try:
+        cached = _USABLE.setdefault(tokenizer, {})
+    except TypeError:
+        cached = {}
+    if key not in cached:
+        order, _ = frequency_ranking(tokenizer)
+        specials = np.array(sorted(_special_ids(tokenizer)), dtype=np.int64)
+        keep = ~np.isin(order, specials)
+        if d_vocab is not None:
+            keep &= order < d_vocab
+        ranked = order[keep]
+        k = int(exclude_frac * len(ranked))
+        cached[key] = ranked[k:len(ranked) - k]
+    return cached[key]
+
+
+def repeated_random_tokens(
+    tokenizer_or_model,
+    seed: int,
+    *,
+    n_repeats: int = 4,
+    length: int | None = None,
+    exclude_frac: float = 0.04,
+    bos: bool = True,
+) -> Int[Tensor, " pos"]:
+    """``[BOS] + S * n_repeats``: S is ``length`` unique tokens drawn with a seeded generator.
+
+    S is sampled without replacement from :func:`usable_vocabulary` (specials never appear;
+    the ``exclude_frac`` most and least frequent tokens are excluded), with
+    ``numpy.random.default_rng(seed)``; ``length`` defaults to ``2 * seed + 25``
+    (Bansal et al. 2023). The BOS id is the tokenizer's ``bos_token_id``; a tokenizer with no
+    BOS (or ``bos=False``) gets no prefix token, so the sequence is ``S * n_repeats``.
+
+    Args:
+        tokenizer_or_model: a Hugging Face tokenizer or a bridge (its ``.tokenizer`` is used,
+            and ids are restricted to its ``cfg.d_vocab``).
+        seed: sampling seed (also sets the default length).
+        n_repeats: copies of S (4 for prefix matching; 1 with ``length=4L`` for copying).
+
+    Returns:
+        1-D int64 tensor of ``bos + n_repeats * length`` token ids.
+    """
+    tok, model = _tokenizer(tokenizer_or_model)
+    if n_repeats < 1:
+        raise HeadlensError(f"repeated_random_tokens: n_repeats must be >= 1, got {n_repeats}")
+    length = sequence_length(seed) if length is None else int(length)
+    d_vocab = int(model.cfg.d_vocab) if model is not None else None
+    usable = usable_vocabulary(tok, exclude_frac=exclude_frac, d_vocab=d_vocab)
+    if length > len(usable):
+        raise HeadlensError(
+            f"repeated_random_tokens: need {length} unique tokens but the vocabulary has only "
+            f"{len(usable)} usable ones (after removing specials and {exclude_frac:.0%} at each "
+            f"frequency extreme); use fewer/smaller seeds or a lower exclude_frac")
+    rng = np.random.default_rng(int(seed))
+    seq = torch.as_tensor(rng.choice(usable, size=length, replace=False), dtype=torch.long)
+    out = seq.repeat(n_repeats)
+    bos_id = getattr(tok, "bos_token_id", None)
+    if bos and bos_id is not None:
+        out = torch.cat([torch.tensor([int(bos_id)]), out])
+    return out
+
+
+# ----------------------------------------------------------------------------- prefix matching
+def prefix_matching_scores(
+    patterns: Float[Tensor, "*batch_heads q_pos k_pos"],
+    tokens: Int[Tensor, "*batch pos"],
+    period: int,
+    *,
+    spurious_last_token: bool = False,
+) -> Float[Tensor, "*batch_heads"]:
+    """Mean attention from repeated tokens to the token after each earlier copy of themselves.
+
+    With ``A`` the attention pattern and ``t`` the tokens (a prefix of ``offset = pos % period``
+    tokens, 1 for BOS, then copies of S with ``len(S) = period``),
+    ``score = mean over queries i of sum over keys k with 1 <= k <= i and t[k-1] == t[i] of A[i, k]``
+    where the queries are the positions of copies 2..n (``i >= offset + period``): the
+    prefix-matching score of Olsson et al. (2022) as used by Bansal et al. (2023). Because S
+    has unique tokens the keys are ``i - m * period + 1`` for ``m = 1, 2, ...`` (while
+    ``i - m * period >= offset``), so the score is one gather of [queries x (copies - 1)]
+    entries per head, never a [query, key] mask.
+
+    The reference code also adds, at the last token of every copy, the attention paid to
+    the first token of S (position ``offset``), which follows BOS and not a copy of the
+    query token. That term is wrong and dropped here; ``spurious_last_token=True`` puts it
+    back, for reproducing the reference's numbers.
+
+    Args:
+        patterns: attention probabilities; leading dims (e.g. ``batch n_heads``) are kept.
+        tokens: ``[pos]``, or ``[batch, pos]`` matching the first dim of ``patterns``; checked
+            to repeat with ``period``.
+        period: the length L of the repeated sequence S.
+
+    Returns:
+        The score for every leading index of ``patterns`` (in [0, 1]).
+    """
+    n = tokens.shape[-1]
+    if patterns.shape[-2:] != (n, n):
+        raise HeadlensError(
+            f"prefix_matching_scores: patterns end in {tuple(patterns.shape[-2:])} but tokens "
+            f"have {n} positions; pass one [.., pos, pos] pattern per token sequence")
+    if period < 1 or n < 2 * period:
+        raise HeadlensError(f"prefix_matching_scores: period {period} needs at least two copies in {n} tokens")
+    offset = n % period
+    if not torch.equal(tokens[..., offset + period:], tokens[..., offset:n - period]):
+        raise HeadlensError(
+            f"prefix_matching_scores: tokens do not repeat with period {period} after a prefix of "
+            f"{offset}; pass [BOS] + S * k from repeated_random_tokens and period=len(S)")
+    device = patterns.device
+    queries = torch.arange(offset + period, n, device=device)
+    back = torch.arange(1, (n - offset) // period, device=device) * period
+    earlier = queries[:, None] - back[None, :]  # positions of earlier copies of the query token
+    valid = earlier >= offset
+    keys = (earlier + 1).clamp_min(0)
+    rows = patterns[..., offset + period:, :]
+    picked = rows.gather(-1, keys.expand(*rows.shape[:-1], keys.shape[-1]))
+    per_query = (picked * valid).sum(-1)
+    if spurious_last_token:
+        last = (queries - offset) % period == period - 1
+        per_query = per_query + rows[..., offset] * last
+    return per_query.mean(-1)
+
+
+def _check_lengths(model, seeds: list[int], n_copies: int, what: str) -> None:
+    """Fail before any work if the longest seed's sequence does not fit the context."""
+    n_ctx = int(getattr(model.cfg, "n_ctx", 0) or 0)
+    bos = 1 if getattr(model.tokenizer, "bos_token_id", None) is not None else 0
+    n = bos + n_copies * sequence_length(max(seeds))
+    if n_ctx and n > n_ctx:
+        fits = [s for s in range(max(seeds)) if bos + n_copies * sequence_length(s) <= n_ctx]
+        hint = f"at most {len(fits)} seeds (0..{len(fits) - 1})" if fits else "a model with a longer context"
+        raise HeadlensError(
+            f"{what}: seed {max(seeds)} gives a sequence of {n} tokens but the model's context is "
+            f"{n_ctx} (S has 2*seed+25 tokens); use {hint}")
+
+
+def _seeds(seeds: int | Iterable[int]) -> list[int]:
+    seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seeds or min(seeds) < 0:
+        raise HeadlensError(f"induction: seeds must be non-empty and >= 0, got {seeds}")
+    return seeds
+
+
+def _progress(seeds: list[int], progress: bool, desc: str):
+    if not progress:
+        return seeds
+    from tqdm.auto import tqdm
+
+    return tqdm(seeds, desc=desc, unit="seed")
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _aggregate(per_seed: list[Tensor], metric: str, model, meta: dict) -> Scores:
+    from headlens.model.loading import model_info
+
+    stack = torch.stack(per_seed).double()
+    std = stack.std(0, unbiased=True) if len(per_seed) > 1 else torch.zeros_like(stack[0])
+    meta = {**meta, "variance": (std ** 2).tolist()}
+    return Scores(values=stack.mean(0).cpu().numpy(), metric=metric, model=model_info(model).name,
+                  meta=meta, std=std.cpu().numpy())
+
+
+@torch.no_grad()
+def prefix_matching(
+    model,
+    seeds: int | Iterable[int] = DEFAULT_SEEDS,
+    *,
+    n_repeats: int = 4,
+    exclude_frac: float = 0.04,
+    bos: bool = True,
+    progress: bool = False,
+) -> Scores:
+    """Prefix-matching score of every head, mean (``values``) and spread (``std``) over seeds.
+
+    For each seed, the model reads ``[BOS] + S * n_repeats`` (:func:`repeated_random_tokens`)
+    and :func:`prefix_matching_scores` reduces each layer's ``hook_pattern`` as soon as it is
+    computed, so only [n_heads] numbers per layer are kept (memory does not grow with depth).
+    ``std`` is the sample standard deviation over seeds (0 for one seed);
+    ``meta["variance"]`` is its square, the quantity the paper plots.
+
+    Returns:
+        Scores [n_layers, n_heads], metric ``prefix_matching``.
+    """
+    seeds = _seeds(seeds)
+    _check_lengths(model, seeds, n_repeats, "prefix_matching")
+    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    per_seed = []
+    for seed in _progress(seeds, progress, "prefix matching"):
+        toks = repeated_random_tokens(model, seed, n_repeats=n_repeats, exclude_frac=exclude_frac, bos=bos)
+        period = sequence_length(seed)
+        out = torch.zeros(n_layers, n_heads)
+
+        def reduce(pattern: Tensor, hook) -> None:
+            out[hooknames.layer_of(hook.name)] = prefix_matching_scores(
+                pattern[0].float(), toks.to(pattern.device), period).cpu()
+
+        hooks = [(hooknames.pattern(layer), reduce) for layer in range(n_layers)]
+        model.run_with_hooks(toks[None].to(_device(model)), fwd_hooks=hooks)
+        per_seed.append(out)
+    return _aggregate(per_seed, "prefix_matching", model,
+                      {"seeds": seeds, "n_repeats": n_repeats, "exclude_frac": exclude_frac, "bos": bos})
+
+
+# ----------------------------------------------------------------------------- copying
+def copying_scores(
+    writes: Float[Tensor, "n_heads pos d_model"],
+    attended: Int[Tensor, "n_heads pos"],
+    tokens: Int[Tensor, " pos"],
+    W_U: Float[Tensor, "d_model d_vocab"],
+    b_U: Float[Tensor, " d_vocab"] | None = None,
+    *,
+    chunk_size: int = 1024,
+) -> Float[Tensor, " n_heads"]:
+    """Share of the attended token in what a head's write promotes among the tokens seen so far.
+
+    For head h and query position j >= 1, with ``p = softmax(writes[h, j] @ W_U + b_U)`` over
+    the whole vocabulary and ``r_k = relu(p[t_k] - mean_{k' <= j} p[t_k'])`` for k <= j:
+    ``share(h, j) = r_{a} / sum_{k <= j} r_k`` where ``a = attended[h, j]`` (0 when no r_k is
+    positive), and ``score(h) = mean over j = 1 .. pos-1 of share(h, j)`` (Bansal et al. 2023,
+    after Olsson et al. 2022). Raised values at or below ``NOISE_FLOOR`` times the mean are
+    counted as zero (float residue of a uniform distribution is not a preference).
+
+    The (head, position) rows are processed ``chunk_size`` at a time, so memory is
+    ``chunk_size x (d_vocab + pos)`` however many heads and positions there are.
+
+    Returns:
+        [n_heads] scores in [0, 1] (float64).
+    """
+    n_heads, n, _ = writes.shape
+    if attended.shape != (n_heads, n) or tokens.shape != (n,):
+        raise HeadlensError(
+            f"copying_scores: writes {tuple(writes.shape)}, attended {tuple(attended.shape)} and "
+            f"tokens {tuple(tokens.shape)} disagree; expected [H, pos, d], [H, pos], [pos]")
+    if chunk_size < 1:
+        raise HeadlensError(f"copying_scores: chunk_size must be >= 1, got {chunk_size}")
+    device = writes.device
+    tokens = tokens.to(device)
+    rows = writes.reshape(n_heads * n, -1)
+    row_pos = torch.arange(n, device=device).repeat(n_heads)
+    row_att = attended.reshape(-1).to(device)
+    keys = torch.arange(n, device=device)
+    shares = torch.empty(n_heads * n, dtype=torch.float64, device=device)
+    for start in range(0, n_heads * n, chunk_size):
+        sl = slice(start, start + chunk_size)
+        logits = rows[sl] @ W_U
+        if b_U is not None:
+            logits = logits + b_U
+        # float64 after the projection: raised values are small differences of probabilities
+        lse = torch.logsumexp(logits.float(), -1, keepdim=True).double()
+        seen = keys[None, :] <= row_pos[sl, None]
+        probs = torch.exp(logits[:, tokens].double() - lse).masked_fill(~seen, 0.0)
+        mean = probs.sum(-1, keepdim=True) / (row_pos[sl, None] + 1)
+        raised = probs - mean
+        raised = raised.masked_fill(~seen | (raised <= NOISE_FLOOR * mean), 0.0)
+        total = raised.sum(-1)
+        picked = raised.gather(-1, row_att[sl, None]).squeeze(-1)
+        shares[sl] = torch.where(total > 0, picked / total.clamp_min(1e-300), torch.zeros_like(total))
+    return shares.view(n_heads, n)[:, 1:].mean(-1)
+
+
+def _ln_weight(module) -> Tensor | None:
+    for mod in (module, getattr(module, "original_component", None)):
+        w = getattr(mod, "weight", None) if mod is not None else None
+        if isinstance(w, Tensor):
+            return w
+    return None
+
+
+def _bias(model, name: str, layer: int | None = None) -> Tensor | None:
+    try:
+        b = getattr(model, name)
+    except (AttributeError, NotImplementedError):
+        return None
+    if b is None:
+        return None
+    return b[layer] if layer is not None else b
+
+
+def _kv_index(model) -> Tensor:
+    """Query head -> key/value head (grouped-query attention repeats each kv head in order)."""
+    n_heads = int(model.cfg.n_heads)
+    n_kv = int(getattr(model.cfg, "n_key_value_heads", None) or n_heads)
+    return torch.arange(n_heads) // (n_heads // n_kv)
+
+
+def _copying_run(model, toks: Tensor, variant: str) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
+    """One forward pass: per layer, the argmax-attention positions and z (corrected) or v (paper)."""
+    n_layers = int(model.cfg.n_layers)
+    attended: dict[int, Tensor] = {}
+    acts: dict[int, Tensor] = {}
+    state: dict[str, Tensor] = {}
+
+    def keep_argmax(pattern: Tensor, hook) -> None:
+        attended[hooknames.layer_of(hook.name)] = pattern[0].argmax(-1)
+
+    def keep(act: Tensor, hook) -> None:
+        acts[hooknames.layer_of(hook.name)] = act[0]
+
+    def keep_scale(scale: Tensor, hook) -> None:
+        state["scale"] = scale[0]
+
+    hooks = [(hooknames.pattern(l), keep_argmax) for l in range(n_layers)]
+    if variant == "paper":
+        def store_embed(x: Tensor, hook) -> None:
+            state["x0"] = x
+
+        def feed_embed(x: Tensor, hook) -> Tensor:
+            return state["x0"].to(x.device)
+
+        hooks += [(hooknames.resid_pre(0), store_embed)]
+        hooks += [(hooknames.resid_pre(l), feed_embed) for l in range(1, n_layers)]
+        hooks += [(hooknames.v(l), keep) for l in range(n_layers)]
+    else:
+        hooks += [(hooknames.z(l), keep) for l in range(n_layers)]
+        hooks += [(hooknames.final_scale(), keep_scale)]
+    model.run_with_hooks(toks[None].to(_device(model)), fwd_hooks=hooks)
+    return [attended[l] for l in range(n_layers)], [acts[l] for l in range(n_layers)], state.get("scale")
+
+
+def _to_final_norm(model, writes: Tensor, scale: Tensor | None) -> Tensor:
+    """Linearised final norm: centre (LayerNorm only), divide by the real scale, times weight."""
+    norm = str(getattr(model.cfg, "normalization_type", None) or "")
+    if norm.startswith("LN"):
+        writes = writes - writes.mean(-1, keepdim=True)
+    if scale is not None:
+        writes = writes / scale
+    w = _ln_weight(model.ln_final)
+    return writes * w if w is not None else writes
+
+
+@torch.no_grad()
+def _copying_seed(model, seed: int, variant: str, *, exclude_frac: float, bos: bool, chunk_size: int) -> Tensor:
+    n_layers = int(model.cfg.n_layers)
+    L = sequence_length(seed)
+    toks = repeated_random_tokens(model, seed, n_repeats=1, length=4 * L, exclude_frac=exclude_frac, bos=bos)
+    attended, acts, scale = _copying_run(model, toks, variant)
+    W_O, W_U = model.W_O, model.W_U
+    b_U = _bias(model, "b_U") if variant == "paper" else None
+    kv = _kv_index(model).to(W_O.device)
+    out = torch.zeros(n_layers, int(model.cfg.n_heads), dtype=torch.float64)
+    for layer in range(n_layers):
+        if variant == "paper":
+            v = acts[layer][:, kv]  # [pos, H, d_head], kv heads expanded to query heads
+            writes = torch.einsum("phd,hdm->hpm", v, W_O[layer])
+            b_O = _bias(model, "b_O", layer)
+            if b_O is not None:
+                writes = writes + b_O
+        else:
+            writes = _to_final_norm(model, torch.einsum("phd,hdm->hpm", acts[layer], W_O[layer]), scale)
+        out[layer] = copying_scores(writes, attended[layer], toks, W_U, b_U, chunk_size=chunk_size).cpu()
+    return out
+
+
+@torch.no_grad()
+def eigen_scores(model) -> Float[Tensor, "n_layers n_heads"]:
+    """``sum(lambda) / sum(|lambda|)`` over the eigenvalues of each head's full OV circuit.
+
+    The full OV circuit is ``W_E diag(g1) W_V W_O diag(gf) W_U`` (vocab x vocab; ``g1`` the
+    layer's attention-norm weight and ``gf`` the final-norm weight, folded in as TransformerLens
+    folds them; biases ignored), after Elhage et al. (2021). Its non-zero eigenvalues are
+    those of the d_head x d_head product ``W_O M W_V`` with ``M = diag(gf) W_U W_E diag(g1)``
+    (cyclic permutation), which TransformerLens's ``FactoredMatrix.eigenvalues`` computes, so
+    nothing vocabulary-sized but ``M`` (d_model x d_model, formed once) is built. A head
+    whose eigenvalues are all zero scores 0. Under grouped-query attention each query head
+    uses its key/value head's W_V.
+    """
+    from transformer_lens import FactoredMatrix
+
+    n_layers = int(model.cfg.n_layers)
+    W_U = model.W_U.float()
+    gf = _ln_weight(model.ln_final)
+    if gf is not None:
+        W_U = W_U * gf.float()[:, None]
+    core = W_U @ model.W_E.float()  # [d_model, d_model]
+    kv = _kv_index(model).to(core.device)
+    out = torch.zeros(n_layers, int(model.cfg.n_heads), dtype=torch.float64)
+    for layer in range(n_layers):
+        W_V = model.W_V[layer].float()[kv]  # [H, d_model, d_head]
+        g1 = _ln_weight(model.blocks[layer].ln1)
+        M = core * g1.float()[None, :] if g1 is not None else core
+        eig = FactoredMatrix(W_V, model.W_O[layer].float() @ M).eigenvalues.to(torch.complex128)
+        total = eig.abs().sum(-1)
+        out[layer] = torch.where(total > 0, eig.sum(-1).real / total.clamp_min(1e-300), torch.zeros_like(total)).cpu()
+    return out
+
+
+def copying(
+    model,
+    variant: CopyingVariant = "corrected",
+    seeds: int | Iterable[int] = DEFAULT_SEEDS,
+    *,
+    exclude_frac: float = 0.04,
+    bos: bool = True,
+    chunk_size: int = 1024,
+    progress: bool = False,
+) -> Scores:
+    """Copying score of every head: does what it writes raise the token it attends to?
+
+    The sequence is ``[BOS] + S`` with ``len(S) = 4L`` unique tokens, not repeated (seed s,
+    ``L = 2s + 25``). All three variants end in :func:`copying_scores` except ``eigen``:
+
+    - ``paper`` (faithful to Bansal et al. 2023's code): every layer is fed the layer-normed
+      token+position embeddings instead of the residual stream; the head's value at the
+      *query* position goes through its W_O (plus b_O) straight into W_U (plus b_U, no final
+      norm): ``p_{h,j} = softmax((v_j W_O^h + b_O) W_U + b_U)``; attention (argmax position)
+      comes from the same embedding-only pass.
+    - ``corrected``: the real forward pass; what the head actually writes at j,
+      ``o_{h,j} = sum_k A_{h,j,k} v_k W_O^h = z_{h,j} W_O^h``, projected to the vocabulary
+      through the final norm linearised at its real value for that position (centred for
+      LayerNorm, divided by the real ``ln_final`` scale, times its weight; the usual direct
+      logit attribution), then ``p_{h,j} = softmax(o' W_U)``. No biases: they belong to no head.
+      Only the two mistakes change (real inputs, output of the attended positions), so the
+      numbers stay comparable with ``paper``.
+    - ``eigen`` (weights only, Elhage et al. 2021): ``sum(lambda) / sum(|lambda|)`` over the
+      eigenvalues of the full OV circuit, see :func:`eigen_scores`; in [-1, 1]; seeds unused.
+
+    Returns:
+        Scores [n_layers, n_heads], metric ``copying``, ``meta["variant"]``; ``std`` over seeds.
+    """
+    if variant not in COPYING_VARIANTS:
+        raise HeadlensError(f"copying: unknown variant {variant!r}; {closest(str(variant), COPYING_VARIANTS)}")
+    from headlens.model.loading import model_info
+
+    if variant == "eigen":
+        vals = eigen_scores(model)
+        return Scores(values=vals.numpy(), metric="copying", model=model_info(model).name,
+                      meta={"variant": "eigen", "seeds": None})
+    seeds = _seeds(seeds)
+    _check_lengths(model, seeds, 4, "copying")
+    repeated_random_tokens(model, max(seeds), n_repeats=1, length=4 * sequence_length(max(seeds)),
+                           exclude_frac=exclude_frac, bos=bos)  # fails early if the vocabulary is too small
+    per_seed = [_copying_seed(model, seed, variant, exclude_frac=exclude_frac, bos=bos, chunk_size=chunk_size)
+                for seed in _progress(seeds, progress, f"copying ({variant})")]
+    return _aggregate(per_seed, "copying", model,
+                      {"variant": variant, "seeds": seeds, "exclude_frac": exclude_frac, "bos": bos})
+

@@ -1,0 +1,90 @@
+"""`headlens importance`: head and FFN importance by gradient gates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from headlens.cli.common import (
+    DeviceOpt,
+    DtypeOpt,
+    FormatOpt,
+    ModelOpt,
+    check_format,
+    fail,
+    load,
+    print_json,
+    shot_list,
+    task_list,
+)
+
+
+def importance_cmd(
+    model: str = ModelOpt,
+    task: str = typer.Option(..., "--task", "-t", help="Task name, comma list, 'all', 'offline', or a task file."),
+    shots: str = typer.Option("0", "--shots", "-k", help="Demonstrations per query; a comma list such as 0,1,5."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Queries per task (default: the task's importance_limit)."),
+    variant: str = typer.Option("bansal", "--variant", help="bansal (|.| per token) or michel (|.| per example)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the demonstration draw."),
+    split: Optional[str] = typer.Option(None, "--split", help="Default: the task's importance split (train)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local data folder (see headlens eval)."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write score JSONs and heatmaps here."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Recompute even if cached."),
+    device: Optional[str] = DeviceOpt,
+    dtype: str = DtypeOpt,
+    fmt: str = FormatOpt,
+) -> None:
+    """Head and FFN importance by gradient gates (JSON: heads, ffn and the run's metadata)."""
+    check_format(fmt)
+    from headlens.analyses.importance import VARIANTS, aggregate, task_importance
+    from headlens.results.cache import ResultCache
+    from headlens.tasks import get_task
+    from headlens.tasks.prompts import check
+
+    if variant not in VARIANTS:
+        fail(f"--variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    ks = shot_list(shots)
+    tasks = [get_task(n) for n in task_list(task)]
+    for t in tasks:
+        for k in ks:
+            check(t, k, split=split or t.importance_split, data_dir=data_dir)
+    bridge = load(model, device, dtype)
+    cache = ResultCache(enabled=not no_cache)
+    from tqdm.auto import tqdm
+
+    results = []
+    jobs = [(t, k) for t in tasks for k in ks]
+    for t, k in tqdm(jobs, desc="tasks x shots", disable=len(jobs) == 1 or fmt == "json"):
+        imp = task_importance(bridge, t, k, limit=limit, seed=seed, variant=variant, split=split,
+                              data_dir=data_dir, batch_size=batch_size, cache=cache,
+                              progress=fmt == "text")
+        results.append(imp)
+        if fmt == "text":
+            top = ", ".join(f"L{l}H{h}={v:.3g}" for l, h, v in imp.heads.top(5))
+            ffn = ", ".join(f"L{l}={v:.3g}" for l, v in imp.ffn.top(3))
+            typer.echo(f"{t.name:<16} {k}-shot  n={imp.heads.meta['n_examples']:<5} top heads: {top}  top FFNs: {ffn}")
+    if out is not None:
+        from headlens.report.figures import save_figure
+        from headlens.report.importance import importance_heatmaps
+
+        for imp in results:
+            imp.heads.save(out / "importance")
+            imp.ffn.save(out / "importance")
+        heads = [r.heads for r in results]
+        if len(heads) > 1:
+            aggregate(heads).save(out / "importance")
+        save_figure(importance_heatmaps(heads), out, "importance-heads", section="Task importance",
+                    caption=f"Head importance ({variant}: gradient of the gold-continuation loss with "
+                            f"respect to per-token head gates) of {model}; one map per task and shot "
+                            f"count (dropdown), each scaled to its maximum; seed {seed}.")
+        if fmt == "text":
+            typer.echo(f"wrote {out}")
+    if fmt == "json":
+        objs = [{"model": model, "task": r.heads.meta["task"], "shots": r.heads.meta["shots"],
+                 "variant": variant, "n_layers": r.heads.n_layers, "n_heads": r.heads.n_heads,
+                 "heads": r.heads.values.tolist(), "ffn": r.ffn.values.tolist(),
+                 "meta": r.heads.meta} for r in results]
+        print_json(objs[0] if len(objs) == 1 else objs)

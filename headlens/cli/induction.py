@@ -1,0 +1,62 @@
+"""`headlens induction`: prefix-matching and copying scores of every head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from headlens.cli.common import (
+    DeviceOpt,
+    DtypeOpt,
+    FormatOpt,
+    ModelOpt,
+    check_format,
+    load,
+    print_json,
+)
+
+# (commands are grouped by feature; each section only calls library functions)
+
+
+def induction_cmd(
+    model: str = ModelOpt,
+    seeds: int = typer.Option(10, "--seeds", help="Number of seeds 0..N-1 (sequence length 2*seed+25; the paper used 100)."),
+    copying_variant: str = typer.Option("corrected", "--copying", help="Copying score: paper, corrected or eigen."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for score JSONs and heatmap HTMLs."),
+    fmt: str = FormatOpt,
+    device: Optional[str] = DeviceOpt,
+    dtype: str = DtypeOpt,
+) -> None:
+    """Prefix-matching and copying scores of every head (induction heads score high on both)."""
+    check_format(fmt)
+    from headlens.analyses.induction import COPYING_VARIANTS, copying, prefix_matching
+    from headlens.errors import HeadlensError
+
+    if copying_variant not in COPYING_VARIANTS:
+        raise HeadlensError(f"--copying must be one of {', '.join(COPYING_VARIANTS)}, got {copying_variant!r}")
+    if seeds < 1:
+        raise HeadlensError(f"--seeds must be >= 1, got {seeds}")
+    bridge = load(model, device, dtype)
+    # copying first: its checks (context length and vocabulary size) cover prefix matching's
+    copy = copying(bridge, copying_variant, seeds, progress=True)  # type: ignore[arg-type]
+    prefix = prefix_matching(bridge, seeds, progress=True)
+    if out is not None:
+        from headlens.report.figures import head_heatmap, write_html
+        from headlens.report.induction import induction_panels
+
+        for scores in (prefix, copy):
+            scores.save(out)
+            write_html(head_heatmap(scores), out / f"{scores.file_stem()}.html")
+        write_html(induction_panels(prefix, copy), out / "induction.html")
+    if fmt == "json":
+        print_json({"model": prefix.model, "n_layers": prefix.n_layers, "n_heads": prefix.n_heads,
+                    "copying_variant": copying_variant, "seeds": seeds,
+                    "prefix_matching": prefix.values.tolist(), "copying": copy.values.tolist()})
+        return
+    typer.echo(f"{prefix.model}: {prefix.n_layers} layers x {prefix.n_heads} heads, seeds 0..{seeds - 1}")
+    typer.echo("top prefix matching: " + ", ".join(f"L{l}H{h}={v:.3f}" for l, h, v in prefix.top(5)))
+    typer.echo(f"top copying ({copying_variant}): " + ", ".join(f"L{l}H{h}={v:.3f}" for l, h, v in copy.top(5)))
+    if out is not None:
+        typer.echo(f"wrote scores and heatmaps to {out}")

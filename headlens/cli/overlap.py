@@ -1,0 +1,83 @@
+"""`headlens overlap`: rank agreement and top-k overlap between saved score sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from headlens.cli.common import (
+    FormatOpt,
+    check_format,
+    print_json,
+)
+
+
+def overlap_cmd(
+    results: list[str] = typer.Argument(..., help="Saved Scores JSON files or folders of them."),
+    top: Optional[int] = typer.Option(None, "--top", "-k",
+                                      help="Heads in each top-k set (default: 10% of the heads)."),
+    method: str = typer.Option("spearman", "--method", help="spearman or kendall."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the HTML figures."),
+    fmt: str = FormatOpt,
+) -> None:
+    """Compare saved head scores: rank agreement, top-k Jaccard and hypergeometric p-values."""
+    from headlens.analyses.overlap import (
+        overlap_matrix,
+        random_baseline,
+        rank_agreement,
+    )
+    from headlens.errors import HeadlensError
+    from headlens.results.scores import Scores, load_all
+
+    check_format(fmt)
+    scores = []
+    for item in results:
+        path = Path(item)
+        if path.is_dir():
+            found = [s for s in load_all(path) if s.per_head]
+            if not found:
+                raise HeadlensError(f"overlap: no per-head score files in folder {path}")
+            scores.extend(found)
+        elif path.is_file():
+            scores.append(Scores.load(path))
+        else:
+            raise HeadlensError(f"overlap: {path} is neither a score file nor a folder")
+    if len(scores) < 2:
+        raise HeadlensError(f"overlap: needs at least 2 score sets, got {len(scores)}; pass more files")
+    n = scores[0].values.size
+    k = max(1, round(0.1 * n)) if top is None else top
+    agreement = rank_agreement(scores, method)  # type: ignore[arg-type]
+    sets = overlap_matrix(scores, k=k)
+    baseline = random_baseline(n, method, seed=0) if n >= 3 else None  # type: ignore[arg-type]
+    if out is not None:
+        from headlens.report.overlap import overlap_figures
+
+        overlap_figures(scores, agreement, sets, baseline, out)
+    if fmt == "json":
+        print_json({"labels": list(agreement.labels), "n_heads": n, "method": method,
+                    method: agreement.matrix, f"{method}_p_values": agreement.p_values,
+                    "random_baseline": None if baseline is None else
+                    {"mean": baseline.mean, "low": baseline.low, "high": baseline.high},
+                    "k": k, "jaccard": sets.jaccard, "intersection": sets.intersection,
+                    "expected_intersection": k * k / n, "p_values": sets.p_values,
+                    "out": None if out is None else str(out)})
+        return
+    names = [f"[{i}] {lab}" for i, lab in enumerate(agreement.labels)]
+    typer.echo("\n".join(names))
+    head = "      " + "".join(f"{f'[{i}]':>8}" for i in range(len(names)))
+    typer.echo(f"\n{method} rank agreement over {n} heads"
+               + ("" if baseline is None else
+                  f" (random orders: 95% in [{baseline.low:.2f}, {baseline.high:.2f}])"))
+    typer.echo(head)
+    for i, row in enumerate(agreement.matrix):
+        typer.echo(f"{f'[{i}]':>6}" + "".join(f"{v:8.2f}" for v in row))
+    typer.echo(f"\ntop-{k} Jaccard (hypergeometric p; random intersection {k * k / n:.2f} heads)")
+    typer.echo(head)
+    for i, (jr, pr) in enumerate(zip(sets.jaccard, sets.p_values)):
+        typer.echo(f"{f'[{i}]':>6}" + "".join(f"{j:5.2f}{'*' if p < 0.05 else ' ':<3}"
+                                             for j, p in zip(jr, pr)))
+    typer.echo("* p < 0.05")
+    if out is not None:
+        typer.echo(f"figures: {out}")
