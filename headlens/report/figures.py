@@ -1,13 +1,19 @@
-"""Shared figure builders: the layers x heads heatmap and offline HTML output."""
+"""Shared figure builders: the layers x heads heatmap and offline HTML output.
+
+Figures written together share one ``plotly.min.js`` beside them (:func:`write_html`); the
+report (:mod:`headlens.report.html`) embeds plotly.js once and is one self-contained file.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import plotly.graph_objects as go
 
+from headlens.errors import HeadlensError
 from headlens.results.scores import Scores
 
 
@@ -36,17 +42,67 @@ def head_heatmap(scores: Scores, *, title: str | None = None, colorscale: str = 
     return fig
 
 
-def write_html(fig: go.Figure, path: str | os.PathLike) -> Path:
-    """Write ``fig`` as a self-contained HTML page (plotly.js embedded; opens offline)."""
+PlotlyJs = Literal["beside", "embed"]
+"""Where a figure page gets plotly.js: ``plotly.min.js`` in the same folder, or embedded."""
+
+PLOTLY_JS_FILE = "plotly.min.js"
+
+
+def write_plotly_js(folder: str | os.PathLike) -> Path:
+    """Write plotly.js (the bundle of the installed plotly) as ``folder/plotly.min.js``.
+
+    Figure pages in ``folder`` load it with ``<script src="plotly.min.js">``, so the folder
+    opens offline with one copy (4.7 MB) however many figures it holds. An existing file
+    is kept when it is this plotly's bundle and replaced otherwise (an older plotly's
+    bundle would draw these figures with an older plotly.js).
+    """
+    import tempfile
+
+    path = Path(folder) / PLOTLY_JS_FILE
+    js = plotly_js().encode("utf-8")
+    if path.is_file() and path.stat().st_size == len(js) and path.read_bytes() == js:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # temporary file + rename: a page opened meanwhile never loads half a bundle
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(js)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from a web server serving the folder
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_html(fig: go.Figure, path: str | os.PathLike, *, plotlyjs: PlotlyJs = "beside") -> Path:
+    """Write ``fig`` as an HTML page that opens offline.
+
+    Args:
+        plotlyjs: ``"beside"`` (default): the page loads ``plotly.min.js`` from its own
+            folder, written there once by :func:`write_plotly_js` and shared by every
+            figure in the folder (keep the two together when moving the page);
+            ``"embed"``: plotly.js inside the page, one self-contained file (+4.7 MB).
+    """
+    if plotlyjs not in get_args(PlotlyJs):
+        raise HeadlensError(f"write_html: plotlyjs must be one of {', '.join(get_args(PlotlyJs))}, "
+                            f"got {plotlyjs!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    if plotlyjs == "beside":
+        write_plotly_js(path.parent)
+    fig.write_html(str(path), include_plotlyjs="directory" if plotlyjs == "beside" else True, full_html=True)
     return path
 
 
 def save_figure(fig: go.Figure, folder: str | os.PathLike, name: str, *, caption: str,
                 section: str = "Results", order: int = 50) -> Path:
-    """Write ``name.html`` (self-contained) and ``name.plotly.json`` into ``folder``.
+    """Write ``name.html`` and ``name.plotly.json`` into ``folder``.
+
+    ``name.html`` loads the ``plotly.min.js`` shared by every figure in ``folder``
+    (:func:`write_html`); ``headlens report`` embeds the figures from their JSON into one
+    self-contained page.
 
     The caption (what the figure shows and how it was computed) and the report section
     travel in ``layout.meta`` so ``headlens report`` can assemble any folder of figures.

@@ -198,7 +198,9 @@ def test_cli_json_and_out(planted_dir, tmp_path):
     assert Scores.load(out / "copying-eigen.json").meta["variant"] == "eigen"
     for html in ("prefix_matching.html", "copying-eigen.html", "induction.html"):
         text = (out / html).read_text()
-        assert "<script src=\"http" not in text and "Plotly.newPlot" in text  # self-contained
+        assert "<script src=\"http" not in text and "Plotly.newPlot" in text
+        assert 'src="plotly.min.js"' in text  # offline: the one plotly.js shared by the folder
+    assert (out / "plotly.min.js").is_file() and [p.name for p in out.glob("*.js")] == ["plotly.min.js"]
 
 
 def test_cli_rejects_unknown_variant(planted_dir):

@@ -29,3 +29,31 @@ def test_report_errors(tmp_path):
         build_report(tmp_path)
     with pytest.raises(HeadlensError, match="not a folder"):
         build_report(tmp_path / "missing")
+
+
+def test_figures_in_one_folder_share_one_plotly_js(tmp_path):
+    from headlens.report.figures import plotly_js, write_html
+
+    s = Scores(np.arange(6.0).reshape(2, 3), metric="prefix_matching", model="m")
+    for name in ("a", "b", "c"):
+        save_figure(head_heatmap(s), tmp_path, name, caption=name)
+    write_html(head_heatmap(s), tmp_path / "d.html")
+    js = tmp_path / "plotly.min.js"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".plotly.json")) == [
+        "a.html", "b.html", "c.html", "d.html", "plotly.min.js"]
+    assert js.read_bytes() == plotly_js().encode()
+    for name in "abcd":
+        page = (tmp_path / f"{name}.html").read_text()
+        assert 'src="plotly.min.js"' in page and len(page) < 100_000, len(page)
+    # the report stays one self-contained page: plotly.js inside, nothing loaded from beside it
+    report = build_report(tmp_path).read_text()
+    assert report.count(plotly_js()) == 1 and "plotly.min.js" not in report
+    # a stale bundle (another plotly's) is replaced; "embed" is one self-contained file
+    js.write_text("/* plotly.js 1.0 */")
+    write_html(head_heatmap(s), tmp_path / "e.html")
+    assert js.read_bytes() == plotly_js().encode()
+    write_html(head_heatmap(s), tmp_path / "alone" / "f.html", plotlyjs="embed")
+    assert [p.name for p in (tmp_path / "alone").iterdir()] == ["f.html"]
+    assert len((tmp_path / "alone" / "f.html").read_text()) > 3_000_000
+    with pytest.raises(HeadlensError, match="plotlyjs must be one of beside, embed, got 'cdn'"):
+        write_html(head_heatmap(s), tmp_path / "g.html", plotlyjs="cdn")
