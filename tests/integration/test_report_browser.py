@@ -1,8 +1,11 @@
-"""The HTML report and the gallery in a real browser (headless Chromium over the DevTools pipe).
+"""The HTML report and the figure pages in a real browser: playwright driving the system Chromium.
 
 A report is built from one figure of every kind (computed on a tiny random model), opened in
-Chromium, and every figure must draw its SVG without a JavaScript error; a screenshot of the
-page is saved under the test's temp dir (``report.png``, a CI artifact). When the shipped
+headless Chromium (the system's, launched with ``executable_path``; playwright downloads no
+browser), and every figure must draw its SVG with no JavaScript error and no request leaving
+the disk; the first dropdown of every figure is switched, and a full-page screenshot is
+saved under the test's temp dir (``report.png``, a CI artifact). The figure pages written
+beside the report must draw from their one shared ``plotly.min.js``. When the shipped
 ``tiny-icl`` model and the offline tasks are installed, the demo's own report is checked too.
 """
 
@@ -10,23 +13,39 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tools.browser import Browser, check_plots, find_chromium
-from headlens.errors import HeadlensError
+from tools.gallery import INSTALL_CHROMIUM, find_chromium
 
 CHROMIUM = find_chromium()
+MISSING = None
 if CHROMIUM is None:
+    MISSING = f"no Chromium for the browser tests: {INSTALL_CHROMIUM}"
+else:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        MISSING = ('playwright is not installed: pip install -e ".[test]" (it drives the system '
+                   "Chromium; never run `playwright install`)")
+if MISSING:
     if os.environ.get("CI"):
-        pytest.fail("CI is set but no chromium is installed (.ci/system-deps installs Debian's chromium)",
-                    pytrace=False)
-    pytest.skip("no chromium installed (apt-get install chromium); required when CI is set",
-                allow_module_level=True)
+        pytest.fail(f"CI is set but {MISSING}", pytrace=False)
+    pytest.skip(f"{MISSING}; required when CI is set", allow_module_level=True)
 
-# Press the first dropdown of every figure that has one: the view must change without errors.
-DROPDOWN_JS = """(() => {
+# Per plot div: whether plotly drew it (its .main-svg exists).
+PLOT_STATUS_JS = """() => Array.from(document.querySelectorAll('.plotly-graph-div')).map(d => ({
+  id: d.id, svg: d.querySelectorAll('.main-svg').length,
+  traces: (d.data || []).length, width: d.getBoundingClientRect().width}))"""
+
+ALL_DRAWN_JS = """n => { const d = document.querySelectorAll('.plotly-graph-div');
+  return d.length >= n && Array.from(d).every(x => x.querySelector('.main-svg')); }"""
+
+# Press the last button of the first dropdown of every figure that has one: the view must change.
+DROPDOWN_JS = """() => {
   const out = [];
   for (const d of document.querySelectorAll('.plotly-graph-div')) {
     const menus = (d.layout && d.layout.updatemenus) || [];
@@ -36,7 +55,65 @@ DROPDOWN_JS = """(() => {
     out.push({id: d.id, visible: d.data.map(t => t.visible), svg: d.querySelectorAll('.main-svg').length});
   }
   return out;
-})()"""
+}"""
+
+NewPage = Callable[[int, int], tuple["playwright.sync_api.Page", list[str]]]
+
+
+@contextmanager
+def chromium() -> Iterator[NewPage]:
+    """The system Chromium under playwright; yields ``new_page(width, height) -> (page, errors)``.
+
+    ``errors`` collects uncaught exceptions, ``console.error``/``assert`` messages (Chromium
+    logs a resource that fails to load there too) and every request that is not a local
+    file (aborted: the pages must work offline).
+    """
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            def new_page(width: int, height: int):
+                page = browser.new_page(viewport={"width": width, "height": height})
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(f"exception: {exc}"))
+                page.on("console", lambda msg: errors.append(f"console.{msg.type}: {msg.text}")
+                        if msg.type in ("error", "assert") else None)
+
+                def offline(route):
+                    if route.request.url.startswith(("file:", "data:", "about:")):
+                        route.continue_()
+                    else:
+                        errors.append(f"network request: {route.request.url}")
+                        route.abort()
+
+                page.route("**/*", offline)
+                return page, errors
+
+            yield new_page
+        finally:
+            browser.close()
+
+
+def check_plots(page, errors: list[str], *, expected: int, timeout: float = 60.0) -> list[dict]:
+    """Wait until ``expected`` plotly divs drew their SVG; one status dict per div.
+
+    Raises:
+        AssertionError: a different number of divs, a div without SVG after ``timeout``
+            seconds, or anything in ``errors``.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(ALL_DRAWN_JS, arg=expected, timeout=timeout * 1000)
+    except PlaywrightTimeout:
+        pass  # the assertions below say what is missing
+    status = page.evaluate(PLOT_STATUS_JS)
+    assert len(status) == expected, f"{len(status)} plot divs on the page, expected {expected}"
+    missing = [s["id"] for s in status if s["svg"] == 0]
+    assert not missing, f"no SVG drawn for {len(missing)} plot(s): {', '.join(missing)}; errors: {errors}"
+    assert not errors, "JavaScript errors: " + " | ".join(errors)
+    return status
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -58,18 +135,18 @@ def figures(tmp_path_factory):
 
 
 def open_report(report: Path, shot: Path, expected: int) -> list[dict]:
-    with Browser() as browser:
-        page = browser.new_page(1200, 900)
+    """Open ``report``, check every figure and switch every dropdown, save a full-page ``shot``."""
+    with chromium() as new_page:
+        page, errors = new_page(1200, 900)
         page.goto(report.resolve().as_uri())
-        status = check_plots(page, expected=expected)
+        status = check_plots(page, errors, expected=expected)
         switched = page.evaluate(DROPDOWN_JS)
         assert switched, "no figure with a dropdown in the report"
         for s in switched:
             assert s["visible"].count(True) == 1 and s["visible"][0] is not True, s
             assert s["svg"] > 0
-        assert page.errors == []
-        page.evaluate("window.scrollTo(0, 0)")
-        page.screenshot(shot, full_page=True)
+        assert errors == []
+        page.screenshot(path=shot, full_page=True)
     return status
 
 
@@ -88,9 +165,23 @@ def test_report_renders_every_figure(figures, tmp_path):
     print(f"screenshot: {tmp_path / 'report.png'}")
 
 
+def test_figure_pages_draw_from_the_shared_plotly_js(figures):
+    from tests.figures import FIGURES
+
+    pages = sorted(figures.glob("*.html"))
+    assert sorted(p.stem for p in pages) == sorted(FIGURES)
+    assert [p.name for p in figures.glob("*.js")] == ["plotly.min.js"]
+    with chromium() as new_page:
+        page, errors = new_page(900, 600)
+        for p in pages:
+            page.goto(p.resolve().as_uri())
+            check_plots(page, errors, expected=1)
+
+
 def test_browser_check_catches_broken_pages(tmp_path):
-    from headlens.report.figures import figure_div
     import plotly.graph_objects as go
+
+    from headlens.report.figures import figure_div, write_html
 
     # plotly.js missing: the div stays empty and the inline call throws.
     page_html = f"<html><body>{figure_div(go.Figure(go.Bar(y=[1, 2])), 'plot-0')}</body></html>"
@@ -98,33 +189,32 @@ def test_browser_check_catches_broken_pages(tmp_path):
     (tmp_path / "error.html").write_text("<html><body><div class='plotly-graph-div' id='x'>"
                                          "<svg class='main-svg'></svg></div>"
                                          "<script>console.error('bad figure')</script></body></html>")
-    with Browser() as browser:
-        page = browser.new_page(800, 600)
+    write_html(go.Figure(go.Bar(y=[1, 2])), tmp_path / "moved" / "page.html")
+    (tmp_path / "moved" / "plotly.min.js").unlink()  # a figure page moved without its plotly.js
+    (tmp_path / "online.html").write_text("<html><body><div class='plotly-graph-div' id='x'>"
+                                          "<svg class='main-svg'></svg></div>"
+                                          "<script src='https://cdn.plot.ly/plotly-2.0.0.min.js'></script>"
+                                          "</body></html>")
+    with chromium() as new_page:
+        page, errors = new_page(800, 600)
         page.goto((tmp_path / "broken.html").as_uri())
-        with pytest.raises(HeadlensError, match="no SVG drawn for 1 plot"):
-            check_plots(page, expected=1, timeout=2)
-        assert any("Plotly is not defined" in e for e in page.errors), page.errors
-        page = browser.new_page(800, 600)
+        with pytest.raises(AssertionError, match="no SVG drawn for 1 plot"):
+            check_plots(page, errors, expected=1, timeout=2)
+        assert any("Plotly is not defined" in e for e in errors), errors
+        page, errors = new_page(800, 600)
+        page.goto((tmp_path / "moved" / "page.html").as_uri())
+        with pytest.raises(AssertionError, match="no SVG drawn for 1 plot"):
+            check_plots(page, errors, expected=1, timeout=2)
+        page, errors = new_page(800, 600)
         page.goto((tmp_path / "error.html").as_uri())
-        with pytest.raises(HeadlensError, match="console.error: bad figure"):
-            check_plots(page, expected=1, timeout=2)
-        with pytest.raises(HeadlensError, match="expected 2"):
-            check_plots(page, expected=2, timeout=0)
-
-
-def test_gallery_writes_small_pngs(figures, tmp_path):
-    from tools.gallery import HEIGHT, WIDTH, gallery, main
-    from tests.figures import FIGURES
-
-    paths = gallery(figures, tmp_path / "gallery")
-    assert sorted(p.stem for p in paths) == sorted(FIGURES)
-    for p in paths:
-        assert png_size(p) == (WIDTH, HEIGHT)
-        assert 3_000 < p.stat().st_size < 150_000, (p, p.stat().st_size)
-    assert main(["--help"]) == 0
-    assert main([str(figures), str(tmp_path / "two"), "--only", "prune-grid,accuracy"]) == 0
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["accuracy.png", "prune-grid.png"]
-    assert main([str(tmp_path / "empty-not-there"), str(tmp_path / "g3")]) == 2
+        with pytest.raises(AssertionError, match="console.error: bad figure"):
+            check_plots(page, errors, expected=1, timeout=2)
+        with pytest.raises(AssertionError, match="expected 2"):
+            check_plots(page, errors, expected=2, timeout=0.1)
+        page, errors = new_page(800, 600)
+        page.goto((tmp_path / "online.html").as_uri())
+        with pytest.raises(AssertionError, match="network request: https://cdn.plot.ly"):
+            check_plots(page, errors, expected=1, timeout=2)
 
 
 @pytest.mark.slow
