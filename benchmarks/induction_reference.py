@@ -7,7 +7,9 @@ Hugging Face GPT-2 (``GPT2LMHeadModel``), not through TransformerLens, so they a
 independent check of the hooks headlens uses. Used by ``induction_bench.py`` and by the
 tests; not part of the library.
 
-Two documented deviations from the reference, shared with headlens so numbers can agree:
+``corrected_loop`` and ``concentration_loop`` are headlens's own scores (not the reference's),
+written as loops for the same purpose. Two documented deviations from the reference, shared
+with headlens so numbers can agree:
 ``prefix_loop(fix=True)`` drops the spurious last-token term, and copying treats raised
 probabilities at or below ``NOISE_FLOOR`` times their mean as zero (the reference compares
 the sum with exactly 0, which float residue of a uniform distribution defeats).
@@ -107,40 +109,87 @@ def copying_loop_from_writes(writes: torch.Tensor, pattern: torch.Tensor, tokens
     return copying_matrix
 
 
-def copying_writes(hf, tokens: torch.Tensor, variant: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per layer: what each head sends to the unembedding [heads, pos, d_model], and its pattern.
-
-    ``paper``: embeddings-only inputs, the query position's value through out_proj (with
-    its bias), as the reference. ``corrected``: the real forward pass, z through the head's
-    rows of out_proj (no bias), centred and divided by the real final-LN scale, times its weight.
-    """
+def copying_writes(hf, tokens: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``paper`` copying, per layer: what each head sends to the unembedding [heads, pos, d_model]
+    and its pattern. Embeddings-only inputs, the query position's value through out_proj (with
+    its bias), as the reference."""
     n_heads, d_model = hf.config.n_head, hf.config.n_embd
     d_head = d_model // n_heads
-    run = gpt2_patterns(hf, tokens, embeddings_only=variant == "paper")
-    ln_f = hf.transformer.ln_f
-    final = run["final"]
-    scale = (final.var(-1, unbiased=False, keepdim=True) + ln_f.eps).sqrt()
+    run = gpt2_patterns(hf, tokens, embeddings_only=True)
     writes_all = []
     for layer, block in enumerate(hf.transformer.h):
-        src = run["v"][layer] if variant == "paper" else run["z"][layer]
+        src = run["v"][layer]
         # each head's vector placed in its own slot of a zero d_model vector, through out_proj
         padded = torch.zeros(n_heads, src.shape[1], d_model)
         for head in range(n_heads):
             padded[head, :, head * d_head:(head + 1) * d_head] = src[head]
-        if variant == "paper":
-            writes = block.attn.c_proj(padded)
-        else:
-            writes = padded @ block.attn.c_proj.weight
-            writes = (writes - writes.mean(-1, keepdim=True)) / scale * ln_f.weight
-        writes_all.append(writes)
+        writes_all.append(block.attn.c_proj(padded))
     return writes_all, run["pattern"]
 
 
-def copying_loop(hf, tokens: torch.Tensor, variant: str) -> torch.Tensor:
-    """Reference-style copying scores (``paper`` or ``corrected``) of a HF GPT-2 on ``tokens``."""
-    writes, patterns = copying_writes(hf, tokens, variant)
+def copying_loop(hf, tokens: torch.Tensor) -> torch.Tensor:
+    """Reference-style ``paper`` copying scores of a HF GPT-2 on ``tokens`` ([BOS] + 4L unique)."""
+    writes, patterns = copying_writes(hf, tokens)
     W_U = hf.lm_head.weight.T
     return torch.stack([copying_loop_from_writes(w, p, tokens, W_U) for w, p in zip(writes, patterns)])
+
+
+def corrected_loop(hf, tokens: torch.Tensor, length: int, run: dict | None = None) -> torch.Tensor:
+    """headlens's ``corrected`` copying on ``[BOS] + S*4`` (real forward pass), element by element.
+
+    For every head and query i in copies 2-4: the most-attended position after BOS (first on
+    ties, found by comparing ``.item()``s), its value through the head's rows of out_proj (no
+    bias), centred, divided by the real final-LN scale at i, times the LN weight, through the
+    whole unembedding; softmax over the logits of the tokens of S; probability of the attended
+    token; mean over queries.
+    """
+    n_heads, d_model = hf.config.n_head, hf.config.n_embd
+    d_head = d_model // n_heads
+    run = gpt2_patterns(hf, tokens) if run is None else run
+    ln_f = hf.transformer.ln_f
+    final = run["final"]
+    scale = (final.var(-1, unbiased=False) + ln_f.eps).sqrt()
+    n = tokens.shape[0]
+    offset = n % length
+    context = sorted(set(tokens[offset:].tolist()))
+    W_U = hf.lm_head.weight.T
+    out = torch.zeros(len(hf.transformer.h), n_heads, dtype=torch.float64)
+    for layer, block in enumerate(hf.transformer.h):
+        for head in range(n_heads):
+            rows = block.attn.c_proj.weight[head * d_head:(head + 1) * d_head]
+            pattern = run["pattern"][layer][head]
+            total, c = 0.0, 0
+            for i in range(offset + length, n):
+                best = offset
+                for k in range(offset, i + 1):
+                    if pattern[i, k].item() > pattern[i, best].item():
+                        best = k
+                o = run["v"][layer][head, best] @ rows
+                o = (o - o.mean()) / scale[i] * ln_f.weight
+                logits = (o @ W_U)[context].double()
+                total += logits.softmax(-1)[context.index(int(tokens[best]))].item()
+                c += 1
+            out[layer, head] = total / c
+    return out
+
+
+def concentration_loop(patterns: list[torch.Tensor], tokens: torch.Tensor, length: int) -> torch.Tensor:
+    """Attention concentration: per query in copies 2-4, the most attention any one token gets."""
+    n = tokens.shape[0]
+    offset = n % length
+    toks = tokens.tolist()
+    out = torch.zeros(len(patterns), patterns[0].shape[0], dtype=torch.float64)
+    for layer, pats in enumerate(patterns):
+        for head in range(pats.shape[0]):
+            total, c = 0.0, 0
+            for i in range(offset + length, n):
+                per_token: dict[int, float] = {}
+                for k in range(i + 1):
+                    per_token[toks[k]] = per_token.get(toks[k], 0.0) + pats[head, i, k].item()
+                total += max(per_token.values())
+                c += 1
+            out[layer, head] = total / c
+    return out
 
 
 def eigen_loop(hf) -> torch.Tensor:

@@ -22,9 +22,16 @@ leaks a uniform -1/d_model from L0H1's output into OUT, so its full OV circuit i
 constant matrix with one negative eigenvalue: its ``eigen`` copying score is -1 (not copying).
 
 Expected scores (seeds 0-2): prefix matching L1H2 = 1.000, every other head < 0.05; copying
-L1H2 = 1.000 under ``paper``, ``corrected`` and ``eigen``, every other head 0 (L0H1 -1 under
-``eigen``). The induction continuation is predicted with probability > 0.99; zero-ablating
+L1H2 = 1.000 under ``paper``, ``corrected`` and ``eigen``, every other head 0 under ``paper``
+and ``eigen`` (L0H1 -1 under ``eigen``) and at chance under ``corrected`` (1/len(S), 0.037). The induction continuation is predicted with probability > 0.99; zero-ablating
 L1H2 or L0H1 drops it to chance, other heads change nothing.
+
+Two switches build variants for the copying tests (the default model has neither):
+``fallback_gap=0`` removes L1H2's fallback, so on unique tokens it has nothing to match and
+spreads its attention; ``bos_head=True`` turns L1H0 (``BOS_HEAD``) into a head that attends
+to BOS from every position (gap ``BOS_GAP``) and writes ``BOS_WRITE`` times the BOS token's OUT
+feature (its value reads only the BOS token): a fixed-position head whose output is a
+constant, which copies no content token.
 
 The tokenizer is word-level (``t3`` ... ``t159`` plus ``<bos> <unk> <pad>``), built with
 ``tokenizers`` and saved next to the weights, so ``headlens.load_model(folder)`` loads it.
@@ -49,6 +56,9 @@ SPECIALS = ["<bos>", "<unk>", "<pad>"]
 
 TOK, POS, PREV, OUT = 0, N_VOCAB, N_VOCAB + N_CTX, 2 * N_VOCAB + N_CTX
 PREV_GAP, MATCH_GAP, FALLBACK_GAP = 40.0, 30.0, 5.0
+BOS_HEAD = (1, 0)
+BOS_GAP, BOS_WRITE = 30.0, 0.5
+BOS_ID = 0
 
 
 def build_word_tokenizer(folder: str | Path):
@@ -73,8 +83,12 @@ def _block(start: int, n: int) -> torch.Tensor:
     return m
 
 
-def planted_weights(seed: int = 0) -> dict[str, torch.Tensor]:
-    """The GPT-2 state dict (HF names and Conv1D [in, out] layout) of the planted model."""
+def planted_weights(seed: int = 0, *, fallback_gap: float = FALLBACK_GAP,
+                    bos_head: bool = False) -> dict[str, torch.Tensor]:
+    """The GPT-2 state dict (HF names and Conv1D [in, out] layout) of the planted model.
+
+    ``fallback_gap`` and ``bos_head`` build the variants described in the module docstring.
+    """
     g = torch.Generator().manual_seed(seed)
     centre = torch.eye(D_MODEL) - 1.0 / D_MODEL  # projects out the all-ones direction
     root_dh = math.sqrt(D_HEAD)
@@ -105,9 +119,17 @@ def planted_weights(seed: int = 0) -> dict[str, torch.Tensor]:
         else:
             wq[TOK:TOK + N_VOCAB, cols] = MATCH_GAP * root_dh * eye
             wk[PREV:PREV + N_VOCAB, cols] = eye
-            wk[TOK:TOK + N_VOCAB, cols] = (FALLBACK_GAP / MATCH_GAP) * eye
+            wk[TOK:TOK + N_VOCAB, cols] = (fallback_gap / MATCH_GAP) * eye
             wv[TOK:TOK + N_VOCAB, cols] = eye
             wo[cols, OUT:OUT + N_VOCAB] = eye
+        if bos_head and layer == BOS_HEAD[0]:
+            c = BOS_HEAD[1] * D_HEAD  # one dimension of the head does everything
+            wq[:, c:c + D_HEAD] = 0.0
+            wk[:, c:c + D_HEAD] = 0.0
+            wq[TOK:TOK + N_VOCAB, c] = BOS_GAP * root_dh  # every position has one TOK feature
+            wk[POS, c] = 1.0  # position 0 only
+            wv[TOK + BOS_ID, c] = 1.0
+            wo[c, OUT + BOS_ID] = BOS_WRITE
         # LayerNorm maps a sum of k centred unit features to norm sqrt(D_MODEL): undo it
         n_features = 2 if layer == 0 else 3
         p = f"transformer.h.{layer}."
@@ -128,7 +150,8 @@ def planted_weights(seed: int = 0) -> dict[str, torch.Tensor]:
     return sd
 
 
-def build_planted(folder: str | Path, seed: int = 0) -> Path:
+def build_planted(folder: str | Path, seed: int = 0, *, fallback_gap: float = FALLBACK_GAP,
+                  bos_head: bool = False) -> Path:
     """Write the planted model (HF GPT2LMHeadModel + word-level tokenizer) into ``folder``."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -139,7 +162,7 @@ def build_planted(folder: str | Path, seed: int = 0) -> Path:
                         bos_token_id=0, eos_token_id=0, pad_token_id=2, tie_word_embeddings=False,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     model = GPT2LMHeadModel(config)
-    missing, unexpected = model.load_state_dict(planted_weights(seed), strict=False)
+    missing, unexpected = model.load_state_dict(planted_weights(seed, fallback_gap=fallback_gap, bos_head=bos_head), strict=False)
     if unexpected or any(not k.endswith(("attn.bias", "attn.masked_bias")) for k in missing):
         raise RuntimeError(f"planted weights do not fit GPT-2: missing {missing}, unexpected {unexpected}")
     model.save_pretrained(str(folder))

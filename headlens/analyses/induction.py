@@ -1,14 +1,16 @@
-"""Induction-head scores for every head: prefix matching and copying (three variants).
+"""Induction-head scores for every head: prefix matching, copying (three variants), attention concentration.
 
 The protocol follows Bansal et al. (2023, "Rethinking the Role of Scale for In-Context
 Learning", ACL), who adapted Olsson et al. (2022, "In-context Learning and Induction
 Heads"). Sequences are unique random tokens (:func:`repeated_random_tokens`); prefix
 matching reads attention patterns on ``[BOS] + S + S + S + S``; copying asks whether what a
-head writes raises the logit of the token it attends to.
+head writes raises the token it attends to; attention concentration (a separate score) says
+how much of a head's attention goes to one token.
 
 Every score is vectorised over heads, query and key positions (a Python loop runs only over
-layers, seeds or memory chunks); the vocabulary projection is chunked so heads x positions x
-vocabulary is never held at once.
+layers, seeds or memory chunks); the vocabulary projection is chunked (``paper``) or
+restricted to the in-context tokens (``corrected``), so heads x positions x vocabulary is
+never held at once.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 import weakref
 from collections.abc import Iterable
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -28,16 +30,24 @@ from headlens.errors import HeadlensError, closest
 from headlens.results.scores import Scores
 
 CopyingVariant = Literal["paper", "corrected", "eigen"]
-COPYING_VARIANTS: tuple[str, ...] = ("paper", "corrected", "eigen")
+COPYING_VARIANTS: tuple[str, ...] = get_args(CopyingVariant)
 DEFAULT_SEEDS = 10
+
+# Definition version of the scores computed here; it enters cache keys, so bump it whenever
+# a score's definition changes. 1: ``corrected`` copying on unique tokens, attention-weighted
+# head output, relu share. 2: ``corrected`` on [BOS] + S*4 at the most-attended content
+# position, in-context softmax; ``attention_concentration`` added.
+VERSION = 2
 
 # Raised probabilities at or below this fraction of their mean count as zero: an exactly
 # uniform distribution otherwise leaves float-rounding residue (~1e-16) whose "share" is noise.
 NOISE_FLOOR = 1e-6
 
 __all__ = [
-    "COPYING_VARIANTS", "copying", "copying_scores", "frequency_ranking", "prefix_matching",
-    "prefix_matching_scores", "repeated_random_tokens", "sequence_length", "usable_vocabulary",
+    "COPYING_VARIANTS", "VERSION", "attended_copying_scores", "attention_concentration",
+    "attention_concentration_scores", "copying", "copying_scores", "frequency_ranking",
+    "most_attended_content", "prefix_matching", "prefix_matching_scores", "repeated_random_tokens",
+    "sequence_length", "usable_vocabulary",
 ]
 
 
@@ -180,6 +190,29 @@ def repeated_random_tokens(
 
 
 # ----------------------------------------------------------------------------- prefix matching
+def _repeat_offset(tokens: Tensor, period: int, what: str) -> int:
+    """Length of the prefix before the copies of S (``pos % period``), after checking the copies."""
+    n = tokens.shape[-1]
+    if period < 1 or n < 2 * period:
+        raise HeadlensError(f"{what}: period {period} needs at least two copies in {n} tokens")
+    offset = n % period
+    if not torch.equal(tokens[..., offset + period:], tokens[..., offset:n - period]):
+        raise HeadlensError(
+            f"{what}: tokens do not repeat with period {period} after a prefix of "
+            f"{offset}; pass [BOS] + S * k from repeated_random_tokens and period=len(S)")
+    return offset
+
+
+def _pattern_offset(patterns: Tensor, tokens: Tensor, period: int, what: str) -> int:
+    """:func:`_repeat_offset`, after checking that ``patterns`` end in [pos, pos]."""
+    n = tokens.shape[-1]
+    if patterns.shape[-2:] != (n, n):
+        raise HeadlensError(
+            f"{what}: patterns end in {tuple(patterns.shape[-2:])} but tokens "
+            f"have {n} positions; pass one [.., pos, pos] pattern per token sequence")
+    return _repeat_offset(tokens, period, what)
+
+
 def prefix_matching_scores(
     patterns: Float[Tensor, "*batch_heads q_pos k_pos"],
     tokens: Int[Tensor, "*batch pos"],
@@ -213,17 +246,7 @@ def prefix_matching_scores(
         The score for every leading index of ``patterns`` (in [0, 1]).
     """
     n = tokens.shape[-1]
-    if patterns.shape[-2:] != (n, n):
-        raise HeadlensError(
-            f"prefix_matching_scores: patterns end in {tuple(patterns.shape[-2:])} but tokens "
-            f"have {n} positions; pass one [.., pos, pos] pattern per token sequence")
-    if period < 1 or n < 2 * period:
-        raise HeadlensError(f"prefix_matching_scores: period {period} needs at least two copies in {n} tokens")
-    offset = n % period
-    if not torch.equal(tokens[..., offset + period:], tokens[..., offset:n - period]):
-        raise HeadlensError(
-            f"prefix_matching_scores: tokens do not repeat with period {period} after a prefix of "
-            f"{offset}; pass [BOS] + S * k from repeated_random_tokens and period=len(S)")
+    offset = _pattern_offset(patterns, tokens, period, "prefix_matching_scores")
     device = patterns.device
     queries = torch.arange(offset + period, n, device=device)
     back = torch.arange(1, (n - offset) // period, device=device) * period
@@ -281,6 +304,31 @@ def _aggregate(per_seed: list[Tensor], metric: str, model, meta: dict) -> Scores
                   meta=meta, std=std.cpu().numpy())
 
 
+def _pattern_scores(model, seeds: list[int], reduce, *, n_repeats: int, exclude_frac: float, bos: bool,
+                    progress: bool, desc: str) -> list[Tensor]:
+    """Per seed, ``reduce(pattern [n_heads, pos, pos], tokens, period)`` for every layer: [n_layers, n_heads].
+
+    Each layer's ``hook_pattern`` is reduced as soon as it is computed, so only [n_heads]
+    numbers per layer are kept (memory does not grow with depth).
+    """
+    _check_lengths(model, seeds, n_repeats, desc)
+    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    per_seed = []
+    for seed in _progress(seeds, progress, desc.replace("_", " ")):
+        toks = repeated_random_tokens(model, seed, n_repeats=n_repeats, exclude_frac=exclude_frac, bos=bos)
+        period = sequence_length(seed)
+        out = torch.zeros(n_layers, n_heads)
+
+        def keep(pattern: Tensor, hook) -> None:
+            out[hooknames.layer_of(hook.name)] = reduce(pattern[0].float(), toks.to(pattern.device), period).cpu()
+
+        hooks = [(hooknames.pattern(layer), keep) for layer in range(n_layers)]
+        with torch.no_grad():
+            model.run_with_hooks(toks[None].to(_device(model)), fwd_hooks=hooks)
+        per_seed.append(out)
+    return per_seed
+
+
 @torch.no_grad()
 def prefix_matching(
     model,
@@ -303,22 +351,70 @@ def prefix_matching(
         Scores [n_layers, n_heads], metric ``prefix_matching``.
     """
     seeds = _seeds(seeds)
-    _check_lengths(model, seeds, n_repeats, "prefix_matching")
-    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
-    per_seed = []
-    for seed in _progress(seeds, progress, "prefix matching"):
-        toks = repeated_random_tokens(model, seed, n_repeats=n_repeats, exclude_frac=exclude_frac, bos=bos)
-        period = sequence_length(seed)
-        out = torch.zeros(n_layers, n_heads)
-
-        def reduce(pattern: Tensor, hook) -> None:
-            out[hooknames.layer_of(hook.name)] = prefix_matching_scores(
-                pattern[0].float(), toks.to(pattern.device), period).cpu()
-
-        hooks = [(hooknames.pattern(layer), reduce) for layer in range(n_layers)]
-        model.run_with_hooks(toks[None].to(_device(model)), fwd_hooks=hooks)
-        per_seed.append(out)
+    per_seed = _pattern_scores(model, seeds, prefix_matching_scores, n_repeats=n_repeats, exclude_frac=exclude_frac,
+                               bos=bos, progress=progress, desc="prefix_matching")
     return _aggregate(per_seed, "prefix_matching", model,
+                      {"seeds": seeds, "n_repeats": n_repeats, "exclude_frac": exclude_frac, "bos": bos})
+
+
+# ----------------------------------------------------------------------------- attention concentration
+def attention_concentration_scores(
+    patterns: Float[Tensor, "*batch_heads q_pos k_pos"],
+    tokens: Int[Tensor, " pos"],
+    period: int,
+) -> Float[Tensor, "*batch_heads"]:
+    """Mean over repeated queries of the largest share of attention that any one token receives.
+
+    With ``A`` the attention pattern and ``t`` the tokens (a prefix of ``offset = pos % period``
+    tokens, 1 for BOS, then copies of S with ``len(S) = period``):
+    ``conc = mean over queries i >= offset + period of max over tokens u of
+    sum over keys k <= i with t[k] == u of A[i, k]``. Keys holding the same token are pooled,
+    so an induction head that splits its attention between two earlier copies of its target
+    scores 1, and so does a head that attends only to BOS (the prefix counts as a token);
+    uniform causal attention scores ``mean_i m_i / (i + 1)``, with ``m_i`` the copy number of
+    query i. It measures how sharp attention is and nothing about what the head writes:
+    reported beside the copying score, never mixed into it.
+
+    Args:
+        patterns: attention probabilities; leading dims (e.g. ``n_heads``) are kept.
+        tokens: ``[pos]``, repeating with ``period`` after the prefix.
+        period: the length L of the repeated sequence S.
+
+    Returns:
+        The score for every leading index of ``patterns`` (in (0, 1]).
+    """
+    if tokens.dim() != 1:
+        raise HeadlensError(f"attention_concentration_scores: tokens must be 1-D [pos], got shape {tuple(tokens.shape)}")
+    offset = _pattern_offset(patterns, tokens, period, "attention_concentration_scores")
+    _, inverse = torch.unique(tokens.to(patterns.device), return_inverse=True)
+    rows = patterns[..., offset + period:, :]
+    pooled = torch.zeros(*rows.shape[:-1], int(inverse.max()) + 1, dtype=rows.dtype, device=rows.device)
+    pooled.scatter_add_(-1, inverse.expand(rows.shape), rows)
+    return pooled.max(-1).values.mean(-1)
+
+
+@torch.no_grad()
+def attention_concentration(
+    model,
+    seeds: int | Iterable[int] = DEFAULT_SEEDS,
+    *,
+    n_repeats: int = 4,
+    exclude_frac: float = 0.04,
+    bos: bool = True,
+    progress: bool = False,
+) -> Scores:
+    """Attention concentration of every head on ``[BOS] + S * n_repeats``, mean and std over seeds.
+
+    The same sequences and queries as :func:`prefix_matching` (copies 2..n), reduced by
+    :func:`attention_concentration_scores` layer by layer.
+
+    Returns:
+        Scores [n_layers, n_heads], metric ``attention_concentration``.
+    """
+    seeds = _seeds(seeds)
+    per_seed = _pattern_scores(model, seeds, attention_concentration_scores, n_repeats=n_repeats,
+                               exclude_frac=exclude_frac, bos=bos, progress=progress, desc="attention_concentration")
+    return _aggregate(per_seed, "attention_concentration", model,
                       {"seeds": seeds, "n_repeats": n_repeats, "exclude_frac": exclude_frac, "bos": bos})
 
 
@@ -404,8 +500,9 @@ def _kv_index(model) -> Tensor:
     return torch.arange(n_heads) // (n_heads // n_kv)
 
 
-def _copying_run(model, toks: Tensor, variant: str) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
-    """One forward pass: per layer, the argmax-attention positions and z (corrected) or v (paper)."""
+def _paper_run(model, toks: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """The ``paper`` variant's pass: every layer fed the embeddings; per layer the argmax-attention
+    positions [n_heads, pos] and the values [pos, n_kv_heads, d_head]."""
     n_layers = int(model.cfg.n_layers)
     attended: dict[int, Tensor] = {}
     acts: dict[int, Tensor] = {}
@@ -417,58 +514,178 @@ def _copying_run(model, toks: Tensor, variant: str) -> tuple[list[Tensor], list[
     def keep(act: Tensor, hook) -> None:
         acts[hooknames.layer_of(hook.name)] = act[0]
 
-    def keep_scale(scale: Tensor, hook) -> None:
-        state["scale"] = scale[0]
+    def store_embed(x: Tensor, hook) -> None:
+        state["x0"] = x
+
+    def feed_embed(x: Tensor, hook) -> Tensor:
+        return state["x0"].to(x.device)
 
     hooks = [(hooknames.pattern(l), keep_argmax) for l in range(n_layers)]
-    if variant == "paper":
-        def store_embed(x: Tensor, hook) -> None:
-            state["x0"] = x
-
-        def feed_embed(x: Tensor, hook) -> Tensor:
-            return state["x0"].to(x.device)
-
-        hooks += [(hooknames.resid_pre(0), store_embed)]
-        hooks += [(hooknames.resid_pre(l), feed_embed) for l in range(1, n_layers)]
-        hooks += [(hooknames.v(l), keep) for l in range(n_layers)]
-    else:
-        hooks += [(hooknames.z(l), keep) for l in range(n_layers)]
-        hooks += [(hooknames.final_scale(), keep_scale)]
+    hooks += [(hooknames.resid_pre(0), store_embed)]
+    hooks += [(hooknames.resid_pre(l), feed_embed) for l in range(1, n_layers)]
+    hooks += [(hooknames.v(l), keep) for l in range(n_layers)]
     model.run_with_hooks(toks[None].to(_device(model)), fwd_hooks=hooks)
-    return [attended[l] for l in range(n_layers)], [acts[l] for l in range(n_layers)], state.get("scale")
-
-
-def _to_final_norm(model, writes: Tensor, scale: Tensor | None) -> Tensor:
-    """Linearised final norm: centre (LayerNorm only), divide by the real scale, times weight."""
-    norm = str(getattr(model.cfg, "normalization_type", None) or "")
-    if norm.startswith("LN"):
-        writes = writes - writes.mean(-1, keepdim=True)
-    if scale is not None:
-        writes = writes / scale
-    w = _ln_weight(model.ln_final)
-    return writes * w if w is not None else writes
+    return [attended[l] for l in range(n_layers)], [acts[l] for l in range(n_layers)]
 
 
 @torch.no_grad()
-def _copying_seed(model, seed: int, variant: str, *, exclude_frac: float, bos: bool, chunk_size: int) -> Tensor:
+def _paper_seed(model, seed: int, *, exclude_frac: float, bos: bool, chunk_size: int) -> Tensor:
     n_layers = int(model.cfg.n_layers)
     L = sequence_length(seed)
     toks = repeated_random_tokens(model, seed, n_repeats=1, length=4 * L, exclude_frac=exclude_frac, bos=bos)
-    attended, acts, scale = _copying_run(model, toks, variant)
+    attended, acts = _paper_run(model, toks)
     W_O, W_U = model.W_O, model.W_U
-    b_U = _bias(model, "b_U") if variant == "paper" else None
+    b_U = _bias(model, "b_U")
     kv = _kv_index(model).to(W_O.device)
     out = torch.zeros(n_layers, int(model.cfg.n_heads), dtype=torch.float64)
     for layer in range(n_layers):
-        if variant == "paper":
-            v = acts[layer][:, kv]  # [pos, H, d_head], kv heads expanded to query heads
-            writes = torch.einsum("phd,hdm->hpm", v, W_O[layer])
-            b_O = _bias(model, "b_O", layer)
-            if b_O is not None:
-                writes = writes + b_O
-        else:
-            writes = _to_final_norm(model, torch.einsum("phd,hdm->hpm", acts[layer], W_O[layer]), scale)
+        v = acts[layer][:, kv]  # [pos, H, d_head], kv heads expanded to query heads
+        writes = torch.einsum("phd,hdm->hpm", v, W_O[layer])
+        b_O = _bias(model, "b_O", layer)
+        if b_O is not None:
+            writes = writes + b_O
         out[layer] = copying_scores(writes, attended[layer], toks, W_U, b_U, chunk_size=chunk_size).cpu()
+    return out
+
+
+def most_attended_content(
+    patterns: Float[Tensor, "*batch_heads q_pos k_pos"],
+    tokens: Int[Tensor, " pos"],
+    period: int,
+) -> Int[Tensor, "*batch_heads queries"]:
+    """For each query in copies 2..n, the content position it attends to most.
+
+    ``k*(i) = argmax over offset <= k of A[i, k]`` for the queries ``i >= offset + period``
+    (``offset = pos % period``, the BOS prefix), the first such position on ties. The prefix is
+    left out: BOS carries no content a head could copy (how much attention goes there is
+    :func:`attention_concentration_scores`' business). Causal patterns make ``k* <= i``.
+    """
+    offset = _pattern_offset(patterns, tokens, period, "most_attended_content")
+    return patterns[..., offset + period:, offset:].argmax(-1) + offset
+
+
+def attended_copying_scores(
+    values: Float[Tensor, "n_heads pos d_head"],
+    attended: Int[Tensor, "n_heads queries"],
+    tokens: Int[Tensor, " pos"],
+    period: int,
+    W_O: Float[Tensor, "n_heads d_head d_model"],
+    W_U: Float[Tensor, "d_model d_vocab"],
+    *,
+    scale: Float[Tensor, " pos"] | None = None,
+    norm_weight: Float[Tensor, " d_model"] | None = None,
+    center: bool = False,
+    chunk_size: int = 1024,
+) -> Float[Tensor, " n_heads"]:
+    """Probability of the attended token, among the in-context tokens, in what its value makes a head write.
+
+    ``tokens`` is a prefix of ``offset = pos % period`` tokens (BOS) then copies of S
+    (``len(S) = period``); ``C`` is the set of distinct tokens after the prefix (the tokens of
+    S). For head h and query position i in copies 2..n (``i >= offset + period``), with
+    ``k = attended[h, i - offset - period]`` (:func:`most_attended_content`):
+
+    - ``o = v[h, k] W_O^h``: what the head writes when it reads position k's value alone;
+    - ``o' = (o - mean(o)) / scale[i] * norm_weight`` (the centring only when ``center``, i.e.
+      LayerNorm): the final norm linearised at the real residual stream's scale at i, the
+      usual direct logit attribution; no biases (they belong to no head);
+    - ``share(h, i) = exp(o' W_U[:, t_k]) / sum over c in C of exp(o' W_U[:, c])``: the
+      softmax of the head's direct logits restricted to the in-context tokens, read at the
+      attended token ``t_k``.
+
+    ``score(h) = mean over i of share(h, i)``. An exact copy head with a strong write scores
+    near 1; a head that writes nothing about these tokens scores ``1/|C|`` (chance). A
+    softmax at the real scale rather than a rank: it counts how strongly the head writes as
+    well as which token it favours, so a head whose output is a negligible part of the
+    residual stream is not called a copier because its tiny logits happen to rank the
+    attended token first.
+
+    Memory: only the |C| columns of W_U are used (folded into ``[n_heads, d_head, |C|]``
+    matrices), and the ``[n_heads, queries, |C|]`` logits are formed about ``chunk_size``
+    (head, query) rows at a time (at least one query per chunk); nothing has a vocabulary axis.
+
+    Args:
+        values: value vectors per query head (kv heads expanded under grouped-query attention).
+        attended: the content position each query attends to most.
+        tokens: ``[pos]`` (:func:`repeated_random_tokens`).
+        period: ``len(S)``.
+        W_O: the heads' output projections. W_U: the unembedding.
+        scale: the final norm's divisor at every position (None: 1).
+        norm_weight: the final norm's weight (None: 1).
+        center: subtract the mean over d_model first (LayerNorm; not RMSNorm).
+
+    Returns:
+        [n_heads] scores in (0, 1) (float64).
+    """
+    n_heads, n, d_head = values.shape
+    offset = _repeat_offset(tokens, period, "attended_copying_scores")
+    n_queries = n - offset - period
+    if (attended.shape != (n_heads, n_queries) or tokens.shape != (n,) or W_O.shape[:2] != (n_heads, d_head)
+            or W_U.shape[0] != W_O.shape[-1]):
+        raise HeadlensError(
+            f"attended_copying_scores: values {tuple(values.shape)}, attended {tuple(attended.shape)}, tokens "
+            f"{tuple(tokens.shape)}, W_O {tuple(W_O.shape)} and W_U {tuple(W_U.shape)} disagree; expected "
+            f"[H, pos, d_head], [H, queries of copies 2..n], [pos], [H, d_head, d_model], [d_model, d_vocab]")
+    if chunk_size < 1:
+        raise HeadlensError(f"attended_copying_scores: chunk_size must be >= 1, got {chunk_size}")
+    device = values.device
+    tokens = tokens.to(device)
+    attended = attended.to(device)
+    if n_queries and ((attended < offset) | (attended >= n)).any():
+        raise HeadlensError(f"attended_copying_scores: attended positions must be content positions "
+                            f"{offset}..{n - 1}; use most_attended_content")
+    context = torch.unique(tokens[offset:])  # sorted
+    target = torch.searchsorted(context, tokens).clamp_max(len(context) - 1)[attended]  # [H, queries]
+    unembed = W_U[:, context.to(W_U.device)].to(device).float()
+    if norm_weight is not None:
+        unembed = unembed * norm_weight.to(device).float()[:, None]
+    if center:  # (o - mean(o)) . u == o . (u - mean(u)) for every column u
+        unembed = unembed - unembed.mean(0, keepdim=True)
+    ov = W_O.to(device).float() @ unembed  # [H, d_head, |C|]
+    picked = values.float().gather(1, attended[..., None].expand(-1, -1, d_head))  # [H, queries, d_head]
+    queries = torch.arange(offset + period, n, device=device)
+    divisor = scale.to(device).float().reshape(-1)[queries] if scale is not None else torch.ones(n_queries, device=device)
+    shares = torch.empty(n_heads, n_queries, dtype=torch.float64, device=device)
+    step = max(1, chunk_size // n_heads)
+    for start in range(0, n_queries, step):
+        sl = slice(start, start + step)
+        logits = torch.bmm(picked[:, sl], ov).double() / divisor[sl, None].double()
+        shares[:, sl] = logits.log_softmax(-1).gather(-1, target[:, sl, None]).squeeze(-1).exp()
+    return shares.mean(-1)
+
+
+@torch.no_grad()
+def _corrected_seed(model, seed: int, *, exclude_frac: float, bos: bool, chunk_size: int) -> Tensor:
+    """``corrected`` copying of every head for one seed: one real forward pass on [BOS] + S*4."""
+    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    toks = repeated_random_tokens(model, seed, exclude_frac=exclude_frac, bos=bos)
+    period = sequence_length(seed)
+    attended: dict[int, Tensor] = {}
+    values: dict[int, Tensor] = {}
+    state: dict[str, Tensor] = {}
+
+    def keep_attended(pattern: Tensor, hook) -> None:
+        attended[hooknames.layer_of(hook.name)] = most_attended_content(pattern[0], toks.to(pattern.device), period)
+
+    def keep_values(v: Tensor, hook) -> None:
+        values[hooknames.layer_of(hook.name)] = v[0]
+
+    def keep_scale(scale: Tensor, hook) -> None:
+        state["scale"] = scale[0]
+
+    hooks = [(hooknames.pattern(l), keep_attended) for l in range(n_layers)]
+    hooks += [(hooknames.v(l), keep_values) for l in range(n_layers)]
+    hooks += [(hooknames.final_scale(), keep_scale)]
+    model.run_with_hooks(toks[None].to(_device(model)), fwd_hooks=hooks)
+    center = str(getattr(model.cfg, "normalization_type", None) or "").startswith("LN")
+    weight = _ln_weight(model.ln_final)
+    kv = _kv_index(model)
+    W_O, W_U = model.W_O, model.W_U  # bridge properties stack every layer: read them once
+    out = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+    for layer in range(n_layers):
+        v = values[layer][:, kv.to(values[layer].device)].transpose(0, 1)  # [H, pos, d_head]
+        out[layer] = attended_copying_scores(
+            v, attended[layer], toks, period, W_O[layer], W_U, scale=state.get("scale"),
+            norm_weight=weight, center=center, chunk_size=chunk_size).cpu()
     return out
 
 
@@ -517,21 +734,28 @@ def copying(
 ) -> Scores:
     """Copying score of every head: does what it writes raise the token it attends to?
 
-    The sequence is ``[BOS] + S`` with ``len(S) = 4L`` unique tokens, not repeated (seed s,
-    ``L = 2s + 25``). All three variants end in :func:`copying_scores` except ``eigen``:
+    For seed s, ``L = 2s + 25``:
 
-    - ``paper`` (faithful to Bansal et al. 2023's code): every layer is fed the layer-normed
-      token+position embeddings instead of the residual stream; the head's value at the
-      *query* position goes through its W_O (plus b_O) straight into W_U (plus b_U, no final
-      norm): ``p_{h,j} = softmax((v_j W_O^h + b_O) W_U + b_U)``; attention (argmax position)
-      comes from the same embedding-only pass.
-    - ``corrected``: the real forward pass; what the head actually writes at j,
-      ``o_{h,j} = sum_k A_{h,j,k} v_k W_O^h = z_{h,j} W_O^h``, projected to the vocabulary
-      through the final norm linearised at its real value for that position (centred for
-      LayerNorm, divided by the real ``ln_final`` scale, times its weight; the usual direct
-      logit attribution), then ``p_{h,j} = softmax(o' W_U)``. No biases: they belong to no head.
-      Only the two mistakes change (real inputs, output of the attended positions), so the
-      numbers stay comparable with ``paper``.
+    - ``corrected`` (default): does the head's OV circuit copy the token it attends to, where
+      it has something to attend to. Input: ``[BOS] + S * 4`` (the prefix-matching input, real
+      forward pass). For every query i in copies 2-4, the most-attended content position
+      ``k = argmax_{k >= 1} A[i, k]`` (BOS left out; :func:`most_attended_content`); that
+      position's value through the head's W_O, ``o = v_k W_O^h``; the final norm linearised at
+      the real residual stream's scale at i (centred for LayerNorm, divided by the real
+      ``ln_final`` scale, times its weight); the unembedding of the tokens of S only; score =
+      the softmax probability of ``t_k`` among those ``L`` tokens, averaged over queries:
+      :func:`attended_copying_scores`. Chance (a head writing nothing) is ``1/L``
+      (``meta["chance"]``, mean over seeds). Attention sharpness is not in it: see
+      :func:`attention_concentration`. A head that attends to a fixed position scores high
+      only if its value there is written as that position's token (its OV copies); read it
+      beside prefix matching. For a mid-layer head the direct path through the unembedding
+      may say nothing even when the head copies into a later layer's input.
+    - ``paper`` (faithful to Bansal et al. 2023's code): on ``[BOS] + S`` with ``len(S) = 4L``
+      unique tokens, not repeated; every layer is fed the layer-normed token+position
+      embeddings instead of the residual stream; the head's value at the *query* position
+      goes through its W_O (plus b_O) straight into W_U (plus b_U, no final norm):
+      ``p_{h,j} = softmax((v_j W_O^h + b_O) W_U + b_U)``; attention (argmax position) comes
+      from the same embedding-only pass; scored by :func:`copying_scores` (relu share).
     - ``eigen`` (weights only, Elhage et al. 2021): ``sum(lambda) / sum(|lambda|)`` over the
       eigenvalues of the full OV circuit, see :func:`eigen_scores`; in [-1, 1]; seeds unused.
 
@@ -548,10 +772,15 @@ def copying(
                       meta={"variant": "eigen", "seeds": None})
     seeds = _seeds(seeds)
     _check_lengths(model, seeds, 4, "copying")
-    repeated_random_tokens(model, max(seeds), n_repeats=1, length=4 * sequence_length(max(seeds)),
-                           exclude_frac=exclude_frac, bos=bos)  # fails early if the vocabulary is too small
-    per_seed = [_copying_seed(model, seed, variant, exclude_frac=exclude_frac, bos=bos, chunk_size=chunk_size)
+    meta: dict = {"variant": variant, "seeds": seeds, "exclude_frac": exclude_frac, "bos": bos}
+    if variant == "paper":
+        repeated_random_tokens(model, max(seeds), n_repeats=1, length=4 * sequence_length(max(seeds)),
+                               exclude_frac=exclude_frac, bos=bos)  # fails early if the vocabulary is too small
+        run = _paper_seed
+    else:
+        repeated_random_tokens(model, max(seeds), exclude_frac=exclude_frac, bos=bos)
+        run = _corrected_seed
+        meta.update(input="repeated", n_repeats=4, chance=float(np.mean([1 / sequence_length(s) for s in seeds])))
+    per_seed = [run(model, seed, exclude_frac=exclude_frac, bos=bos, chunk_size=chunk_size)
                 for seed in _progress(seeds, progress, f"copying ({variant})")]
-    return _aggregate(per_seed, "copying", model,
-                      {"variant": variant, "seeds": seeds, "exclude_frac": exclude_frac, "bos": bos})
-
+    return _aggregate(per_seed, "copying", model, meta)

@@ -8,8 +8,11 @@ import torch
 
 from headlens.errors import HeadlensError
 from headlens.analyses.induction import (
+    attended_copying_scores,
+    attention_concentration_scores,
     copying_scores,
     frequency_ranking,
+    most_attended_content,
     prefix_matching_scores,
     repeated_random_tokens,
     sequence_length,
@@ -157,6 +160,150 @@ def test_copying_scores_rejects_mismatched_shapes():
     with pytest.raises(HeadlensError, match="disagree"):
         copying_scores(torch.zeros(2, 5, 4), torch.zeros(2, 4, dtype=torch.long), torch.zeros(5, dtype=torch.long),
                        torch.zeros(4, 10))
+
+
+# ----------------------------------------------------------------------------- corrected copying
+def _slow_attended_copying(values, patterns, tokens, period, W_O, W_U, scale, weight, center) -> list[float]:
+    """The definition, one head and one query at a time, through the full vocabulary (float64)."""
+    n = len(tokens)
+    offset = n % period
+    context = sorted(set(tokens[offset:].tolist()))
+    out = []
+    for h in range(values.shape[0]):
+        shares = []
+        for i in range(offset + period, n):
+            best = offset
+            for k in range(offset, i + 1):  # first maximum among content positions
+                if float(patterns[h, i, k]) > float(patterns[h, i, best]):
+                    best = k
+            o = values[h, best].double() @ W_O[h].double()
+            if center:
+                o = o - o.mean()
+            o = o / float(scale[i]) * weight.double()
+            logits = (o @ W_U.double())[context]
+            shares.append(float(torch.softmax(logits, -1)[context.index(int(tokens[best]))]))
+        out.append(sum(shares) / len(shares))
+    return out
+
+
+@pytest.mark.parametrize("center", [False, True])
+@pytest.mark.parametrize("chunk_size", [1, 7, 10_000])
+def test_attended_copying_equals_slow_loop(center, chunk_size):
+    g = torch.Generator().manual_seed(5)
+    period, n_heads, d_head, d_model, vocab = 6, 3, 4, 8, 120
+    tokens = _seq(period)  # [BOS] + S*4, ids 10..109
+    n = len(tokens)
+    values = torch.randn(n_heads, n, d_head, generator=g)
+    W_O = torch.randn(n_heads, d_head, d_model, generator=g)
+    W_U = torch.randn(d_model, vocab, generator=g)
+    scale = torch.rand(n, generator=g) + 0.5
+    weight = torch.rand(d_model, generator=g) + 0.5
+    patterns = _random_patterns((n_heads,), n, seed=6).float()
+    attended = most_attended_content(patterns, tokens, period)
+    assert attended.shape == (n_heads, n - 1 - period)
+    fast = attended_copying_scores(values, attended, tokens, period, W_O, W_U, scale=scale, norm_weight=weight,
+                                   center=center, chunk_size=chunk_size)
+    slow = _slow_attended_copying(values, patterns, tokens, period, W_O, W_U, scale, weight, center)
+    # float32 products on the vectorised side, float64 in the loop: 1e-5 is the stated bound
+    assert np.allclose(fast.numpy(), slow, atol=1e-5)
+    assert 0 < float(fast.min()) and float(fast.max()) < 1
+
+
+def test_attended_copying_exact_copy_and_silent_heads():
+    period, n = 5, 21
+    tokens = _seq(period)
+    vocab = 120
+    # values are one-hot token vectors; head 0 copies them (W_O = identity), head 1 writes nothing
+    values = torch.zeros(2, n, vocab)
+    values[:, torch.arange(n), tokens] = 1.0
+    W_O = torch.stack([torch.eye(vocab) * 50, torch.zeros(vocab, vocab)])
+    induction = torch.zeros(n, n)
+    for i in range(n):
+        induction[i, i - period + 1 if i >= 1 + period else 0] = 1.0
+    patterns = induction.expand(2, n, n)
+    attended = most_attended_content(patterns, tokens, period)
+    assert torch.equal(attended[0], torch.arange(1 + period, n) - period + 1)
+    scores = attended_copying_scores(values, attended, tokens, period, W_O, torch.eye(vocab))
+    assert float(scores[0]) > 0.999
+    assert float(scores[1]) == pytest.approx(1 / period, abs=1e-12)  # chance: uniform over S
+
+
+def test_most_attended_content_leaves_out_the_prefix_and_takes_the_first_tie():
+    period = 4
+    tokens = _seq(period)
+    n = len(tokens)
+    bos_heavy = torch.zeros(n, n)
+    bos_heavy[:, 0] = 0.9
+    for i in range(1, n):
+        bos_heavy[i, 1:i + 1] = 0.1 / i  # equal content attention: ties
+    bos_heavy[9, 3] += 0.01  # one query prefers position 3
+    picked = most_attended_content(bos_heavy, tokens, period)
+    expected = torch.ones(n - 1 - period, dtype=torch.long)
+    expected[9 - 1 - period] = 3
+    assert torch.equal(picked, expected)
+
+
+def test_attended_copying_rejects_bad_input():
+    tokens = _seq(5)
+    n = len(tokens)
+    args = (torch.zeros(2, n, 3), torch.ones(2, n - 6, dtype=torch.long), tokens, 5, torch.zeros(2, 3, 4),
+            torch.zeros(4, 200))
+    attended_copying_scores(*args)  # well-formed
+    with pytest.raises(HeadlensError, match="disagree"):
+        attended_copying_scores(args[0], torch.ones(2, n, dtype=torch.long), *args[2:])
+    with pytest.raises(HeadlensError, match="content positions"):
+        attended_copying_scores(args[0], torch.zeros(2, n - 6, dtype=torch.long), *args[2:])
+    with pytest.raises(HeadlensError, match="do not repeat"):
+        attended_copying_scores(*args[:3], 6, *args[4:])
+    with pytest.raises(HeadlensError, match="chunk_size"):
+        attended_copying_scores(*args, chunk_size=0)
+
+
+# ----------------------------------------------------------------------------- attention concentration
+def _slow_concentration(pattern, tokens: list[int], period: int) -> float:
+    n = len(tokens)
+    offset = n % period
+    total = []
+    for i in range(offset + period, n):
+        per_token: dict[int, float] = {}
+        for k in range(i + 1):
+            per_token[tokens[k]] = per_token.get(tokens[k], 0.0) + float(pattern[i, k])
+        total.append(max(per_token.values()))
+    return sum(total) / len(total)
+
+
+@pytest.mark.parametrize("bos", [True, False])
+def test_attention_concentration_equals_slow_loop(bos):
+    period = 7
+    toks = _seq(period, bos=bos)
+    pats = _random_patterns((2, 3), len(toks))
+    fast = attention_concentration_scores(pats, toks, period)
+    assert fast.shape == (2, 3)
+    for b in range(2):
+        for h in range(3):
+            assert abs(float(fast[b, h]) - _slow_concentration(pats[b, h], toks.tolist(), period)) < 1e-12
+
+
+def test_attention_concentration_hand_built_patterns():
+    period = 6
+    toks = _seq(period)
+    n = len(toks)
+    # induction head splitting its attention over every earlier copy of the target: one token
+    split = torch.zeros(n, n)
+    split[0, 0] = 1.0
+    for i in range(1, n):
+        keys = [i - m * period + 1 for m in range(1, 4) if i - m * period >= 1] or [i]
+        split[i, keys] = 1.0 / len(keys)
+    assert float(attention_concentration_scores(split, toks, period)) == pytest.approx(1.0)
+    # attention to BOS only: fully concentrated (sharpness, whatever the head writes)
+    bos = torch.zeros(n, n)
+    bos[:, 0] = 1.0
+    assert float(attention_concentration_scores(bos, toks, period)) == 1.0
+    # uniform causal attention: the query token has m_i copies among i + 1 keys
+    uniform = torch.ones(n, n).tril()
+    uniform = uniform / uniform.sum(-1, keepdim=True)
+    expected = np.mean([((i - 1) // period + 1) / (i + 1) for i in range(1 + period, n)])
+    assert float(attention_concentration_scores(uniform, toks, period)) == pytest.approx(expected, abs=1e-6)
 
 
 # ----------------------------------------------------------------------------- token generator
