@@ -29,9 +29,15 @@ def induction_cmd(
     device: Optional[str] = DeviceOpt,
     dtype: str = DtypeOpt,
 ) -> None:
-    """Prefix-matching and copying scores of every head (induction heads score high on both)."""
+    """Prefix-matching and copying scores of every head (induction heads score high on both),
+    and attention concentration (how much attention goes to one token) beside them."""
     check_format(fmt)
-    from headlens.analyses.induction import COPYING_VARIANTS, copying, prefix_matching
+    from headlens.analyses.induction import (
+        COPYING_VARIANTS,
+        attention_concentration,
+        copying,
+        prefix_matching,
+    )
     from headlens.errors import HeadlensError
 
     if copying_variant not in COPYING_VARIANTS:
@@ -42,21 +48,25 @@ def induction_cmd(
     # copying first: its checks (context length and vocabulary size) cover prefix matching's
     copy = copying(bridge, copying_variant, seeds, progress=True)  # type: ignore[arg-type]
     prefix = prefix_matching(bridge, seeds, progress=True)
+    concentration = attention_concentration(bridge, seeds, progress=True)
     if out is not None:
         from headlens.report.figures import head_heatmap, write_html
         from headlens.report.induction import induction_panels
 
-        for scores in (prefix, copy):
+        for scores in (prefix, copy, concentration):
             scores.save(out)
             write_html(head_heatmap(scores), out / f"{scores.file_stem()}.html")
-        write_html(induction_panels(prefix, copy), out / "induction.html")
+        write_html(induction_panels(prefix, copy, concentration), out / "induction.html")
     if fmt == "json":
         print_json({"model": prefix.model, "n_layers": prefix.n_layers, "n_heads": prefix.n_heads,
                     "copying_variant": copying_variant, "seeds": seeds,
-                    "prefix_matching": prefix.values.tolist(), "copying": copy.values.tolist()})
+                    "prefix_matching": prefix.values.tolist(), "copying": copy.values.tolist(),
+                    "attention_concentration": concentration.values.tolist()})
         return
     typer.echo(f"{prefix.model}: {prefix.n_layers} layers x {prefix.n_heads} heads, seeds 0..{seeds - 1}")
     typer.echo("top prefix matching: " + ", ".join(f"L{l}H{h}={v:.3f}" for l, h, v in prefix.top(5)))
     typer.echo(f"top copying ({copying_variant}): " + ", ".join(f"L{l}H{h}={v:.3f}" for l, h, v in copy.top(5)))
+    typer.echo("top attention concentration: "
+               + ", ".join(f"L{l}H{h}={v:.3f}" for l, h, v in concentration.top(5)))
     if out is not None:
         typer.echo(f"wrote scores and heatmaps to {out}")

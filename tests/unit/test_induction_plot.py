@@ -1,4 +1,4 @@
-"""The two-panel induction figure."""
+"""The induction figure: two or three panels."""
 
 from __future__ import annotations
 
@@ -21,3 +21,18 @@ def test_induction_panels_two_heatmaps_with_hover_and_std():
     custom = np.asarray(fig.data[0].customdata)
     assert custom.shape == (2, 3, 3) and np.allclose(custom[..., 2], 0.1)
     assert "L%{customdata[0]}H%{customdata[1]}" in fig.data[0].hovertemplate
+
+
+def test_induction_panels_third_panel_is_attention_concentration():
+    from headlens.report.induction import induction_panels
+
+    prefix = Scores(values=np.zeros((2, 3)), metric="prefix_matching", model="m")
+    copy = Scores(values=np.zeros((2, 3)), metric="copying", model="m", meta={"variant": "corrected"})
+    conc = Scores(values=np.full((2, 3), 0.5), metric="attention_concentration", model="m")
+    fig = induction_panels(prefix, copy, conc)
+    assert [t.type for t in fig.data] == ["heatmap"] * 3
+    assert [a.text for a in fig.layout.annotations] == ["prefix matching", "copying (corrected)",
+                                                        "attention concentration"]
+    assert np.array_equal(np.asarray(fig.data[2].z), conc.values)
+    bars = [t.colorbar.x for t in fig.data]
+    assert bars == sorted(bars) and bars[-1] > 1  # one colour bar right of each panel
