@@ -1,7 +1,8 @@
 """Benchmark: vectorised induction scores vs the reference's Python loops, same model and sequences.
 
 Run from the repository root:  ``python benchmarks/induction_bench.py``  (CPU, one thread,
-about a minute). Loops run once; vectorised timings are the best of 3 after a warm-up.
+about a minute; ``--quick``: fewer, shorter seeds, a few seconds). Loops run once;
+vectorised timings are the best of 3 after a warm-up.
 
 The model is a random-weight GPT-2 (4 layers x 8 heads, d_model 256) with the tests' local
 byte-level BPE tokenizer, saved to a temporary folder and loaded both ways: through
@@ -13,6 +14,8 @@ equal to 1e-5; the speed ratios are printed (no timing is asserted).
   the reference: one ``.item()`` and one tensor update per element, a full vocabulary
   softmax per layer) and into the vectorised function (one gather; chunked projection).
   This is the part of the reference that loops, and where the ratio is measured.
+  ``corrected`` copying and attention concentration are headlens's own scores; their loops
+  (``corrected_loop``, ``concentration_loop``) are the same definitions element by element.
 - eigen: one vocab x vocab eigendecomposition per head vs d_head x d_head (FactoredMatrix).
 - end to end: the public API against forward pass + loop; the forward passes (the same
   work on both sides) dominate here, so the ratio is small on a model this size.
@@ -36,8 +39,12 @@ warnings.filterwarnings("ignore")
 import induction_reference as ref  # noqa: E402
 
 from headlens.analyses.induction import (  # noqa: E402
+    attended_copying_scores,
+    attention_concentration,
+    attention_concentration_scores,
     copying,
     copying_scores,
+    most_attended_content,
     prefix_matching,
     prefix_matching_scores,
     repeated_random_tokens,
@@ -76,6 +83,9 @@ def timed(fn, repeat: int = 1):
 
 
 def main() -> None:
+    global PREFIX_SEEDS, COPYING_SEEDS
+    if "--quick" in sys.argv[1:]:
+        PREFIX_SEEDS, COPYING_SEEDS = [0, 5], [0]
     torch.set_num_threads(1)  # one core on both sides: a fair, load-insensitive comparison
     from transformers import AutoModelForCausalLM
 
@@ -101,20 +111,55 @@ def main() -> None:
                 assert np.allclose(fast.numpy(), slow.numpy(), atol=TOL), seed
             rows.append(("prefix matching, scoring", t_loop, t_vec))
 
-            # ---- copying, scoring only (same head outputs and patterns on both sides)
+            # ---- attention concentration, scoring only (same patterns on both sides)
+            t_loop = t_vec = 0.0
+            for seed in PREFIX_SEEDS:
+                L = sequence_length(seed)
+                toks = repeated_random_tokens(model, seed)
+                patterns = ref.gpt2_patterns(hf, toks)["pattern"]
+                stacked = torch.stack(patterns)
+                slow, dt = timed(lambda: ref.concentration_loop(patterns, toks, L))
+                t_loop += dt
+                fast, dt = timed(lambda: attention_concentration_scores(stacked, toks, L), repeat=3)
+                t_vec += dt
+                assert np.allclose(fast.numpy(), slow.numpy(), atol=TOL), seed
+            rows.append(("attention concentration, scoring", t_loop, t_vec))
+
+            # ---- copying, scoring only (same activations on both sides)
             W_U = hf.lm_head.weight.T
-            for variant in ("paper", "corrected"):
-                t_loop = t_vec = 0.0
-                for seed in COPYING_SEEDS:
-                    toks = repeated_random_tokens(model, seed, n_repeats=1, length=4 * sequence_length(seed))
-                    writes, patterns = ref.copying_writes(hf, toks, variant)
-                    for w, p in zip(writes, patterns):
-                        slow, dt = timed(lambda: ref.copying_loop_from_writes(w, p, toks, W_U))
-                        t_loop += dt
-                        fast, dt = timed(lambda: copying_scores(w, p.argmax(-1), toks, W_U), repeat=3)
-                        t_vec += dt
-                        assert np.allclose(fast.numpy(), slow.numpy(), atol=TOL), variant
-                rows.append((f"copying {variant}, scoring", t_loop, t_vec))
+            t_loop = t_vec = 0.0
+            for seed in COPYING_SEEDS:
+                toks = repeated_random_tokens(model, seed, n_repeats=1, length=4 * sequence_length(seed))
+                writes, patterns = ref.copying_writes(hf, toks)
+                for w, p in zip(writes, patterns):
+                    slow, dt = timed(lambda: ref.copying_loop_from_writes(w, p, toks, W_U))
+                    t_loop += dt
+                    fast, dt = timed(lambda: copying_scores(w, p.argmax(-1), toks, W_U), repeat=3)
+                    t_vec += dt
+                    assert np.allclose(fast.numpy(), slow.numpy(), atol=TOL), "paper"
+            rows.append(("copying paper, scoring", t_loop, t_vec))
+
+            ln_f = hf.transformer.ln_f
+            n_heads, d_model = hf.config.n_head, hf.config.n_embd
+            t_loop = t_vec = 0.0
+            for seed in COPYING_SEEDS:
+                L = sequence_length(seed)
+                toks = repeated_random_tokens(model, seed)
+                run = ref.gpt2_patterns(hf, toks)
+                scale = (run["final"].var(-1, unbiased=False) + ln_f.eps).sqrt()
+                slow, dt = timed(lambda: ref.corrected_loop(hf, toks, L, run))
+                t_loop += dt
+
+                def vectorised():
+                    return torch.stack([attended_copying_scores(
+                        run["v"][layer], most_attended_content(run["pattern"][layer], toks, L), toks, L,
+                        block.attn.c_proj.weight.view(n_heads, -1, d_model), W_U, scale=scale,
+                        norm_weight=ln_f.weight, center=True) for layer, block in enumerate(hf.transformer.h)])
+
+                fast, dt = timed(vectorised, repeat=3)
+                t_vec += dt
+                assert np.allclose(fast.numpy(), slow.numpy(), atol=TOL), "corrected"
+            rows.append(("copying corrected, scoring", t_loop, t_vec))
 
             slow, t_loop = timed(lambda: ref.eigen_loop(hf))
             fast, t_vec = timed(lambda: copying(model, "eigen"), repeat=3)
@@ -130,15 +175,28 @@ def main() -> None:
             fast, t_vec = timed(lambda: prefix_matching(model, PREFIX_SEEDS))
             assert np.allclose(fast.values, slow.numpy(), atol=TOL)
             rows.append(("prefix matching, end to end", t_loop, t_vec))
-            for variant in ("paper", "corrected"):
-                def loop_copying(variant=variant):
-                    return torch.stack([ref.copying_loop(hf, repeated_random_tokens(
-                        model, s, n_repeats=1, length=4 * sequence_length(s)), variant) for s in COPYING_SEEDS]).mean(0)
+            def loop_paper():
+                return torch.stack([ref.copying_loop(hf, repeated_random_tokens(
+                    model, s, n_repeats=1, length=4 * sequence_length(s))) for s in COPYING_SEEDS]).mean(0)
 
-                slow, t_loop = timed(loop_copying)
+            def loop_corrected():
+                return torch.stack([ref.corrected_loop(hf, repeated_random_tokens(model, s), sequence_length(s))
+                                    for s in COPYING_SEEDS]).mean(0)
+
+            for variant, loop in (("paper", loop_paper), ("corrected", loop_corrected)):
+                slow, t_loop = timed(loop)
                 fast, t_vec = timed(lambda variant=variant: copying(model, variant, COPYING_SEEDS))
                 assert np.allclose(fast.values, slow.numpy(), atol=TOL), variant
                 rows.append((f"copying {variant}, end to end", t_loop, t_vec))
+
+            def loop_concentration():
+                return torch.stack([ref.concentration_loop(ref.gpt2_patterns(hf, repeated_random_tokens(model, s))[
+                    "pattern"], repeated_random_tokens(model, s), sequence_length(s)) for s in PREFIX_SEEDS]).mean(0)
+
+            slow, t_loop = timed(loop_concentration)
+            fast, t_vec = timed(lambda: attention_concentration(model, PREFIX_SEEDS))
+            assert np.allclose(fast.values, slow.numpy(), atol=TOL)
+            rows.append(("attention concentration, end to end", t_loop, t_vec))
 
     print(f"prefix seeds {PREFIX_SEEDS} (L up to {sequence_length(max(PREFIX_SEEDS))}), "
           f"copying seeds {COPYING_SEEDS}; all scores equal to {TOL}")
