@@ -302,9 +302,6 @@ def test_pruning_and_layer_distance_jobs_equal_direct_calls(two_models, tmp_path
 
 
 def test_induction_jobs_equal_direct_calls(two_models, tmp_path):
-    induction = pytest.importorskip("headlens.analyses.induction", reason="headlens.analyses.induction not in this branch yet")
-    if Path(induction.__file__).parent != Path(sweep.__file__).parent:  # an editable install elsewhere
-        pytest.skip("headlens.analyses.induction comes from another checkout than headlens.runs.sweep")
     from headlens.model.loading import load_model
 
     data = {**grid(two_models, tmp_path, "ind"), "models": [two_models["gpt2"]], "tasks": None,
