@@ -25,6 +25,22 @@ KEYS = {"context", "choices", "gold", "split", "group", "id"}
 _PARSED: dict[tuple, tuple[list[tuple[str, Example]], str]] = {}
 
 
+def decode_utf8(data: bytes, path: str | Path) -> str:
+    """``data`` decoded as UTF-8, or a one-line error naming the file and the first bad byte
+    (a Latin-1 or binary file)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        bad = data[err.start]
+        raise HeadlensError(f"{path}: not UTF-8 text (byte 0x{bad:02x} at offset {err.start}); task files "
+                            f"must be UTF-8: re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
+def read_utf8(path: str | Path) -> str:
+    """The text of a UTF-8 file (see :func:`decode_utf8`)."""
+    return decode_utf8(Path(path).read_bytes(), path)
+
+
 def _check_line(obj, where: str) -> tuple[str, Example]:
     if not isinstance(obj, dict):
         raise HeadlensError(f"{where}: expected a JSON object, got {type(obj).__name__}")
@@ -66,7 +82,7 @@ def parse_jsonl(path: str | Path) -> tuple[list[tuple[str, Example]], str]:
         return _PARSED[key]
     data = path.read_bytes()
     rows: list[tuple[str, Example]] = []
-    for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
+    for number, line in enumerate(decode_utf8(data, path).splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{number}"

@@ -165,22 +165,28 @@ def _normalise_answer(text: str) -> str:
 def record(doc: Mapping, task) -> Example | None:
     """Passage with its highlights as bullets; each candidate entity fills the query.
 
-    ``gold_set`` holds every entity whose normalised text equals a normalised answer, so
-    "prediction in gold_set" is ReCoRD's max-over-answers exact match.
+    As lm-evaluation-harness v0.3: entities and answers are de-duplicated and sorted; a
+    demonstration's target fills the query with the first sorted answer. ``gold_set`` holds
+    every entity whose normalised text equals a normalised answer, so "prediction in
+    gold_set" is ReCoRD's max-over-answers exact match. A document whose answers match no
+    entity is kept with an empty ``gold_set`` (always scored wrong, as the harness scores
+    it; ``gold`` 0 is a placeholder). A document without answers (the unlabelled test
+    split) gets gold -1; one without entities cannot be scored and is dropped.
     """
     initial, *highlights = doc["passage"].strip().split("\n@highlight\n")
     context = initial + "\n\n" + "".join(f"  - {h}.\n" for h in highlights)
     entities = sorted(set(doc["entities"]))
-    answers = list(doc["answers"])
-    if not entities or not answers:
+    answers = sorted(set(doc["answers"]))
+    if not entities:
         return None
     choices = tuple(f"  - {doc['query']}".replace("@placeholder", e) for e in entities)
+    if not answers:
+        return Example(context=context, choices=choices, gold=-1)
     normal = {_normalise_answer(a) for a in answers}
     gold_set = tuple(i for i, e in enumerate(entities) if _normalise_answer(e) in normal)
-    if not gold_set:
-        return None
     target = f"  - {doc['query']}".replace("@placeholder", answers[0])
-    return Example(context=context, choices=choices, gold=gold_set[0], target=target, gold_set=gold_set)
+    return Example(context=context, choices=choices, gold=gold_set[0] if gold_set else 0, target=target,
+                   gold_set=gold_set)
 
 
 PROCESSORS: dict[str, Callable[[Mapping, Any], Example | list[Example] | None]] = {

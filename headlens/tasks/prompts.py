@@ -1,9 +1,14 @@
 """Few-shot prompts: demonstrations, tokenisation of context and continuations, truncation.
 
 A prompt is k demonstrations (each ``Example.demo_text``: context + gold target) drawn from
-the task's train split with a generator seeded by ``(seed, query doc_id)`` and never the
-query itself, joined by the task's separator (a blank line), then the separator and the
-query's context. No task description.
+the task's train split with a generator seeded by ``(seed, query doc_id)``, joined by the
+task's separator (a blank line), then the separator and the query's context. No task
+description. A demonstration is never the query itself (same doc_id when the query comes
+from the train split) and never shares the query's input: a train example whose context
+text (any per-choice context, for Winogrande) equals one of the query's is excluded, since
+data sets repeat inputs under other doc_ids (the offline label family has 30 inputs;
+MultiRC's answers to one question share their context). Tasks with ``demo_gold`` draw only
+from train examples with that gold index (WSC: the positive ones).
 
 Tokenisation (the standard harness approach, used identically by scoring and importance):
 trailing whitespace of the context moves to the continuation; the continuation tokens are
@@ -15,12 +20,12 @@ empty (a first token is needed to predict from).
 
 When prompt + longest choice exceeds the model's context (``model.cfg.n_ctx`` or
 ``max_len``), demonstrations are dropped oldest first (counted in ``truncated``); when even
-the bare query does not fit, the example is skipped (counted in ``skipped``).
+the bare query does not fit, the example is skipped (counted in ``skipped``). When every
+query is skipped there is nothing to score: that is an error, never a NaN accuracy.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +33,9 @@ import numpy as np
 
 from headlens.errors import HeadlensError
 from headlens.tasks.registry import Task, get_task
-from headlens.tasks.schema import Example
+from headlens.tasks.schema import PROMPT_VERSION, Example
+
+VERSION = PROMPT_VERSION  # this module's prompt format; enters every Task.key
 
 BOS_ARCHITECTURES = ("llama", "mistral", "mixtral", "gemma")
 
@@ -42,7 +49,9 @@ class PreparedExample:
         choice_ids: continuation tokens of each choice (scored tokens only).
         gold: index of the gold choice; gold_set: all acceptable choices.
         group: question group (MultiRC); n_demos: demonstrations kept after truncation.
-        example: the source Example; prompt: the prompt text (before any BOS).
+        example: the source Example; prompt: the prompt text (before any BOS): the
+            demonstrations and the gold choice's context, exactly the text whose tokens
+            precede the choices (``context_ids`` decode to ``prompt.rstrip()``).
         contexts_ids: per-choice prompt tokens when choices differ in context (Winogrande);
             then ``context_ids`` is the gold choice's.
     """
@@ -60,6 +69,14 @@ class PreparedExample:
     def context_for(self, choice: int) -> list[int]:
         """Prompt tokens that precede choice ``choice``."""
         return self.contexts_ids[choice] if self.contexts_ids is not None else self.context_ids
+
+    def prompt_for(self, choice: int) -> str:
+        """Prompt text that precedes choice ``choice`` (differs from ``prompt`` only for
+        per-choice contexts, Winogrande)."""
+        ex = self.example
+        if ex.contexts is None:
+            return self.prompt
+        return self.prompt[: len(self.prompt) - len(ex.contexts[ex.gold])] + ex.contexts[choice]
 
 
 @dataclass(frozen=True)
@@ -95,17 +112,64 @@ def needs_bos(model_or_tokenizer) -> bool:
     return any(a in arch for a in BOS_ARCHITECTURES)
 
 
-def draw_demos(pool: list[Example], shots: int, rng: np.random.Generator, exclude_doc: int | None,
-               n_excluded: int = 1) -> list[Example]:
-    """``shots`` distinct pool examples, never one whose doc_id is ``exclude_doc``.
+def check_limit(limit: int | None, option: str = "limit") -> None:
+    """Raise unless ``limit`` is None or >= 1 (commands call it before loading a model)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise HeadlensError(f"{option} must be >= 1 (a number of queries), got {limit!r}; omit it for all")
 
-    ``n_excluded``: how many pool examples carry ``exclude_doc`` (drawn extra, then dropped).
+
+@dataclass(frozen=True, eq=False)
+class DemoPool:
+    """The examples demonstrations are drawn from, indexed by doc_id and by input text.
+
+    Attributes:
+        examples: the pool (the task's train split, after ``demo_gold`` filtering).
+        same_split: whether the queries come from the same split (then a query's own
+            doc_id is excluded too).
+    """
+
+    examples: tuple[Example, ...]
+    same_split: bool
+
+    def __post_init__(self) -> None:
+        by_input: dict[str, list[int]] = {}
+        by_doc: dict[int, list[int]] = {}
+        for i, ex in enumerate(self.examples):
+            for text in set(ex.inputs):
+                by_input.setdefault(text, []).append(i)
+            by_doc.setdefault(ex.doc_id, []).append(i)
+        object.__setattr__(self, "_by_input", by_input)
+        object.__setattr__(self, "_by_doc", by_doc)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def excluded(self, query: Example) -> set[int]:
+        """Pool positions ``query`` must never see as demonstrations: its own document (same
+        split) and every example sharing one of its input texts."""
+        out: set[int] = set()
+        for text in query.inputs:
+            out.update(self._by_input.get(text, ()))  # type: ignore[attr-defined]
+        if self.same_split:
+            out.update(self._by_doc.get(query.doc_id, ()))  # type: ignore[attr-defined]
+        return out
+
+
+def draw_demos(pool: DemoPool, query: Example, shots: int, seed: int) -> list[Example]:
+    """``shots`` distinct demonstrations for ``query``, drawn from ``default_rng((seed, doc_id))``.
+
+    A uniform draw without replacement among the pool examples that are not excluded
+    (:meth:`DemoPool.excluded`): ``shots + n_excluded`` positions are drawn and the excluded
+    ones dropped, so a query with nothing to exclude gets the same draw as a plain
+    ``rng.choice(len(pool), shots, replace=False)``. Fewer than ``shots`` come back only when
+    fewer candidates exist (:func:`prepare` reports that as an error first).
     """
     if shots == 0:
         return []
-    n_excluded = 0 if exclude_doc is None else n_excluded
-    picks = rng.choice(len(pool), size=min(len(pool), shots + n_excluded), replace=False)
-    return [pool[i] for i in picks if pool[i].doc_id != exclude_doc][:shots]
+    excluded = pool.excluded(query)
+    rng = np.random.default_rng((seed, query.doc_id))
+    picks = rng.choice(len(pool), size=min(len(pool), shots + len(excluded)), replace=False)
+    return [pool.examples[i] for i in picks if i not in excluded][:shots]
 
 
 class _Encoder:
@@ -115,6 +179,8 @@ class _Encoder:
         self.bos = bos and self.bos_id is not None
 
     def encode(self, texts: list[str]) -> list[list[int]]:
+        if not texts:  # fast tokenizers raise IndexError on an empty batch
+            return []
         return [list(ids) for ids in self.tok(texts, add_special_tokens=False)["input_ids"]]
 
     def pairs(self, contexts: list[str], choices: list[str]) -> tuple[list[list[int]], list[list[int]]]:
@@ -162,6 +228,8 @@ def _build(enc: _Encoder, ex: Example, demos: list[Example], sep: str, n_ctx: in
 
     fits, longest, *_ = attempt(n)
     k = n
+    if not fits and n == 0:
+        return None
     if not fits:
         demo_lens = [len(ids) for ids in enc.encode([d.demo_text + sep for d in demos])]
         query_len = longest - sum(demo_lens)
@@ -192,21 +260,24 @@ def check(task: Task | str, shots: int, *, split: str | None = None,
     """Load the query split and the demonstration pool; raise if ``shots`` cannot be drawn.
 
     Returns:
-        (queries, pool): the split's examples and the train examples (empty for 0 shots).
+        (queries, pool): the split's examples and the train examples demonstrations are
+        drawn from (only those with gold ``task.demo_gold`` when set; empty for 0 shots).
     """
     task = get_task(task)
-    if shots < 0:
-        raise HeadlensError(f"prepare: shots must be >= 0, got {shots}")
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
+        raise HeadlensError(f"prepare: shots must be an integer >= 0, got {shots!r}")
     split = split or task.eval_split
     queries = task.examples(split, data_dir)
     pool = task.examples(task.train_split, data_dir) if shots else []
+    if shots and task.demo_gold is not None:
+        pool = [e for e in pool if e.gold == task.demo_gold]
     if shots:
-        same = split == task.train_split
+        same = int(split == task.train_split)
         n_docs = len({e.doc_id for e in pool})
-        if shots > n_docs - (1 if same else 0):
-            raise HeadlensError(
-                f"task {task.name}: {shots} shots need {shots + (1 if same else 0)} train documents, split "
-                f"{task.train_split!r} has {n_docs}; use --shots {max(n_docs - (1 if same else 0), 0)} or fewer")
+        what = "train documents" + (f" with gold {task.demo_gold}" if task.demo_gold is not None else "")
+        if shots > n_docs - same:
+            raise HeadlensError(f"task {task.name}: {shots} shots need {shots + same} {what}, split "
+                                f"{task.train_split!r} has {n_docs}; use --shots {max(n_docs - same, 0)} or fewer")
     return queries, pool
 
 
@@ -226,30 +297,42 @@ def prepare(model_or_tokenizer, task: Task | str, shots: int, *, split: str | No
         data_dir: local data folder (see :meth:`Task.examples`).
         max_len: context length limit (default the model's ``cfg.n_ctx``).
         prepend_bos: force a BOS token on (True) or off (False); None: by model family.
+
+    Raises:
+        HeadlensError: a query has fewer than ``shots`` demonstration candidates, or every
+            query is too long for the context even without demonstrations.
     """
     task = get_task(task)
     tok = tokenizer_of(model_or_tokenizer)
-    if limit is not None and limit < 1:
-        raise HeadlensError(f"prepare: limit must be >= 1, got {limit}")
+    check_limit(limit)
     split = split or task.eval_split
     queries, pool = check(task, shots, split=split, data_dir=data_dir)
     queries = queries[:limit]
-    same = split == task.train_split
     if max_len is None:
         cfg = getattr(model_or_tokenizer, "cfg", None)
         max_len = int(cfg.n_ctx) if cfg is not None and getattr(cfg, "n_ctx", None) else None
     bos = needs_bos(model_or_tokenizer) if prepend_bos is None else prepend_bos
     enc = _Encoder(tok, bos)
-    per_doc = Counter(e.doc_id for e in pool) if same else Counter()
+    demo_pool = DemoPool(tuple(pool), same_split=split == task.train_split)
     items, truncated, skipped = [], 0, 0
     for ex in queries:
-        rng = np.random.default_rng((seed, ex.doc_id))
-        demos = draw_demos(pool, shots, rng, ex.doc_id if same else None, per_doc[ex.doc_id])
+        if shots and len(demo_pool) - len(demo_pool.excluded(ex)) < shots:
+            n_ok = len(demo_pool) - len(demo_pool.excluded(ex))
+            raise HeadlensError(
+                f"task {task.name}: document {ex.doc_id} of split {split!r} has {n_ok} demonstration candidates "
+                f"(train documents other than itself and without its input), {shots} shots need {shots}; "
+                f"use --shots {n_ok} or fewer")
+        demos = draw_demos(demo_pool, ex, shots, seed)
         item = _build(enc, ex, demos, task.separator, max_len)
         if item is None:
             skipped += 1
             continue
         truncated += item.n_demos < shots
         items.append(item)
+    if not items:
+        raise HeadlensError(
+            f"task {task.name}: all {skipped} queries of split {split!r} are longer than the context "
+            f"({max_len} tokens) even without demonstrations; nothing to score: use a model with a longer "
+            f"context, or shorter examples")
     return Prepared(task=task, shots=shots, split=split, seed=seed, items=items,
                     truncated=int(truncated), skipped=skipped)

@@ -17,11 +17,19 @@ from typing import Any, Literal
 from headlens.errors import HeadlensError, closest
 from headlens.tasks import byo, sources
 from headlens.tasks.processors import PROCESSORS
-from headlens.tasks.schema import Example
+from headlens.tasks.schema import PROMPT_VERSION, Example
 
 Metric = Literal["acc", "record_em", "multirc"]
 METRICS = ("acc", "record_em", "multirc")
 SOURCE_KINDS = ("hub", "files", "python", "examples")
+# the keys each source kind reads (anything else is a typo, reported with this list)
+SOURCE_KEYS = {"hub": ("kind", "path", "name", "revision", "data_files", "splits"),
+               "files": ("kind", "path"), "python": ("kind", "function", "args"),
+               "examples": ("kind", "path", "delimiter")}
+# the keys the ``template`` processor reads (headlens.tasks.processors.template)
+TEMPLATE_KEYS = ("context", "choices", "choices_field", "choice_format", "gold", "gold_index_in",
+                 "gold_map", "target")
+SPLIT_KEYS = ("train", "eval", "importance")
 GROUP_ALIASES = {"all": "study"}
 HERE = Path(__file__).resolve().parent
 
@@ -36,7 +44,8 @@ class Task:
             cached results stale.
         metric: ``acc`` (argmax = gold), ``record_em`` (argmax in ``gold_set``) or ``multirc``
             (a question is right only when all its answers are).
-        source: where documents come from: ``{kind: hub, path, name, splits}``,
+        source: where documents come from: ``{kind: hub, path, name, revision, data_files,
+            splits}`` (read from data files, see :func:`headlens.tasks.sources.hub_arguments`),
             ``{kind: files, path}``, ``{kind: python, function: "module:fn", args}``.
         train_split: demonstrations are drawn from this split.
         eval_split: accuracy is measured here (test when labelled, else validation).
@@ -49,6 +58,9 @@ class Task:
         group: registry group (``study``, ``offline``) or ``file``.
         origin: the file this entry came from.
         description: free text (documentation only; never part of a prompt).
+        demo_gold: when set, demonstrations come only from train examples whose gold index
+            is this (WSC: 1, the positive examples, as lm-evaluation-harness v0.3 following
+            the GPT-3 paper's format).
     """
 
     name: str
@@ -66,6 +78,7 @@ class Task:
     group: str = ""
     origin: str = ""
     description: str = ""
+    demo_gold: int | None = None
 
     def __post_init__(self) -> None:
         where = f"task {self.name!r} ({self.origin or 'in memory'})"
@@ -76,6 +89,28 @@ class Task:
         kind = self.source.get("kind") if isinstance(self.source, dict) else None
         if kind not in SOURCE_KINDS:
             raise HeadlensError(f"{where}: source.kind {kind!r} unknown; {closest(str(kind), SOURCE_KINDS)}")
+        unknown = sorted(set(self.source) - set(SOURCE_KEYS[kind]))
+        if unknown:
+            raise HeadlensError(f"{where}: unknown keys {unknown} under source (kind {kind}); allowed: "
+                                f"{', '.join(SOURCE_KEYS[kind])}")
+        if kind == "hub":
+            files = self.source.get("data_files")
+            if not self.source.get("path"):
+                raise HeadlensError(f"{where}: source needs a path (the hub id, e.g. aps/super_glue)")
+            if files is not None and not (isinstance(files, dict) or "{split}" in str(files)):
+                raise HeadlensError(f"{where}: source.data_files must contain '{{split}}' (e.g. "
+                                    f"'cb/{{split}}/*.parquet') or map each split to its files, got {files!r}")
+        if not isinstance(self.template, dict):
+            raise HeadlensError(f"{where}: template must be a mapping of {', '.join(TEMPLATE_KEYS)}, "
+                                f"got {self.template!r:.80}")
+        unknown = sorted(set(self.template) - set(TEMPLATE_KEYS))
+        if unknown:
+            raise HeadlensError(f"{where}: unknown keys {unknown} under template; allowed: {', '.join(TEMPLATE_KEYS)}")
+        if self.template and self.processor != "template":
+            raise HeadlensError(f"{where}: a template is read only by processor 'template', this task uses "
+                                f"processor {self.processor!r}; remove the template or the processor")
+        if self.demo_gold is not None and (isinstance(self.demo_gold, bool) or not isinstance(self.demo_gold, int)):
+            raise HeadlensError(f"{where}: demo_gold must be a choice index (an integer), got {self.demo_gold!r}")
         if self.processor not in PROCESSORS:
             raise HeadlensError(f"{where}: processor {self.processor!r} unknown; {closest(self.processor, PROCESSORS)}")
         if self.processor == "template" and kind in ("hub", "files"):
@@ -87,8 +122,9 @@ class Task:
 
     @property
     def key(self) -> dict:
-        """What identifies this task's data and prompts in a cache key."""
-        return {"task": self.name, "task_version": self.version,
+        """What identifies this task's data and prompts in a cache key (the prompt format's
+        version :data:`~headlens.tasks.schema.PROMPT_VERSION` included)."""
+        return {"task": self.name, "task_version": self.version, "prompt_version": PROMPT_VERSION,
                 "task_source": json.dumps(self.source, sort_keys=True, default=str)}
 
     def examples(self, split: str, data_dir: str | Path | None = None, *, seed: int = 0) -> list[Example]:
@@ -107,6 +143,11 @@ class Task:
         return self.examples(self.importance_split, data_dir, seed=seed)[: self.importance_limit]
 
 
+def _mapping_copy(value):
+    # a copy of a mapping (entries are not aliased); anything else goes to Task's own check
+    return {} if value is None else dict(value) if isinstance(value, dict) else value
+
+
 def task_from_entry(entry: dict, *, group: str = "", origin: str = "") -> Task:
     """Map one YAML/TOML entry onto :class:`Task` (unknown keys are an error, not ignored)."""
     if not isinstance(entry, dict) or "name" not in entry:
@@ -114,6 +155,13 @@ def task_from_entry(entry: dict, *, group: str = "", origin: str = "") -> Task:
     entry = dict(entry)
     name = str(entry.pop("name"))
     splits = entry.pop("splits", {}) or {}
+    if not isinstance(splits, dict):
+        raise HeadlensError(f"{origin}: task {name!r}: splits must be a mapping of {', '.join(SPLIT_KEYS)}, "
+                            f"got {splits!r:.80}")
+    unknown = sorted(set(splits) - set(SPLIT_KEYS))
+    if unknown:
+        raise HeadlensError(f"{origin}: task {name!r} has unknown keys {unknown} under splits; allowed: "
+                            f"{', '.join(SPLIT_KEYS)}")
     allowed = {f.name for f in fields(Task)} - {"name", "train_split", "eval_split", "importance_split", "group", "origin"}
     unknown = set(entry) - allowed
     if unknown:
@@ -122,6 +170,9 @@ def task_from_entry(entry: dict, *, group: str = "", origin: str = "") -> Task:
     for key in ("version", "metric", "source"):
         if key not in entry:
             raise HeadlensError(f"{origin}: task {name!r} needs a {key!r} entry")
+    if not isinstance(entry["source"], dict):
+        raise HeadlensError(f"{origin}: task {name!r}: source must be a mapping with a kind "
+                            f"({', '.join(SOURCE_KINDS)}), got {entry['source']!r:.80}")
     source = dict(entry.pop("source"))
     if source.get("kind") in ("files", "examples") and origin and "path" in source:
         path = Path(str(source["path"])).expanduser()
@@ -130,12 +181,12 @@ def task_from_entry(entry: dict, *, group: str = "", origin: str = "") -> Task:
     return Task(name=name, source=source, train_split=train,
                 eval_split=splits.get("eval", "validation"),
                 importance_split=splits.get("importance", train),
-                columns=tuple(entry.pop("columns", ()) or ()), template=dict(entry.pop("template", {}) or {}),
+                columns=tuple(entry.pop("columns", ()) or ()), template=_mapping_copy(entry.pop("template", None)),
                 group=group, origin=origin, **entry)
 
 
 def _read_mapping(path: Path) -> Any:
-    text = path.read_text()
+    text = byo.read_utf8(path)
     if path.suffix == ".toml":
         try:
             import tomllib

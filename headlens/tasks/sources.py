@@ -5,6 +5,10 @@ or ``<data_dir>/<split>`` with suffix ``.jsonl``, ``.json`` or ``.parquet`` is r
 (columns as on the hub); when no such file exists, ``data_dir`` is used as a ``datasets``
 cache folder. ``HF_DATASETS_OFFLINE=1`` is honoured by ``datasets`` itself. Loaded splits are
 kept in memory for the process, so evaluating several shot counts reads them once.
+
+Hub sources are loaded from data files (``revision`` + ``data_files``, see
+:func:`hub_arguments`), never through a dataset loading script, which ``datasets`` >= 4
+refuses. Every file is read as UTF-8; a Latin-1 or binary file is a one-line error.
 """
 
 from __future__ import annotations
@@ -34,31 +38,71 @@ def find_local_file(task, split: str, data_dir: str | Path) -> Path | None:
 
 
 def read_rows(path: Path) -> list[dict]:
-    """Rows of a JSONL/JSON-lines or parquet file as plain dicts (lists, not arrays)."""
+    """Rows of a JSONL/JSON-lines or parquet file as plain dicts (lists, not arrays).
+
+    A file that is not UTF-8 (Latin-1, binary) or not parquet is a one-line error naming it.
+    """
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+            first = (str(err).splitlines() or [""])[0][:160]
+            raise HeadlensError(f"{path}: not a readable parquet file ({type(err).__name__}: {first}); "
+                                f"rewrite it, or give the split as <split>.jsonl") from None
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise HeadlensError(f"{path}:{number}: not valid JSON ({err.msg}); one JSON object per line") from None
+    for number, line in enumerate(byo.read_utf8(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise HeadlensError(f"{path}:{number}: not valid JSON ({err.msg}); one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise HeadlensError(f"{path}:{number}: expected a JSON object (one document per line), "
+                                f"got {type(row).__name__}")
+        rows.append(row)
     return rows
+
+
+def hub_arguments(task, split: str, cache_dir: str | Path | None = None) -> tuple[tuple, dict]:
+    """The ``datasets.load_dataset(*args, **kwargs)`` call that loads ``split`` of a hub source.
+
+    ``source: {kind: hub, path, name, splits, revision, data_files}``. With ``data_files`` (a
+    pattern with ``{split}``, filled with the hub's split name, or a mapping hub split ->
+    pattern), the files are read directly at ``revision`` and no loading script is ever run,
+    which is what ``datasets`` >= 4 requires: the study's tasks read the hub's parquet
+    conversion (``revision: refs/convert/parquet``, files ``<config>/<split>/*.parquet``).
+    ``name`` then only documents the config; without ``data_files`` it selects the config.
+    """
+    src = task.source
+    hub_split = (src.get("splits") or {}).get(split, split)
+    kwargs: dict = {"split": hub_split}
+    if src.get("revision"):
+        kwargs["revision"] = str(src["revision"])
+    files = src.get("data_files")
+    if files is None:
+        args: tuple = (src["path"], src.get("name"))
+    else:
+        pattern = files.get(hub_split) if isinstance(files, dict) else str(files).replace("{split}", hub_split)
+        if pattern is None:
+            raise HeadlensError(f"task {task.name}: source.data_files has no entry for split {hub_split!r} "
+                                f"(has {', '.join(map(str, files))})")
+        args = (src["path"],)
+        kwargs["data_files"] = {hub_split: pattern}
+    if cache_dir is not None:
+        kwargs["cache_dir"] = str(cache_dir)
+    return args, kwargs
 
 
 def _hub_rows(task, split: str, cache_dir: str | Path | None) -> list[dict]:
     import datasets
 
     src = task.source
-    hub_split = (src.get("splits") or {}).get(split, split)
-    kwargs = {"cache_dir": str(cache_dir)} if cache_dir is not None else {}
+    args, kwargs = hub_arguments(task, split, cache_dir)
     try:
-        ds = datasets.load_dataset(src["path"], src.get("name"), split=hub_split, **kwargs)
+        ds = datasets.load_dataset(*args, **kwargs)
     except Exception as err:  # datasets raises many types: offline, missing split, no repo
         first = (str(err).splitlines() or [""])[0][:200]
         raise HeadlensError(
@@ -66,6 +110,21 @@ def _hub_rows(task, split: str, cache_dir: str | Path | None) -> list[dict]:
             f"{'/' + src['name'] if src.get('name') else ''} ({type(err).__name__}: {first}); offline, put "
             f"the files at <data-dir>/{task.name}/{split}.jsonl|parquet and pass --data-dir") from None
     return list(ds)
+
+
+def describe(source: dict) -> str:
+    """A source in one line, as ``headlens tasks`` shows it: ``path/name@revision [data_files]``."""
+    kind = source.get("kind")
+    if kind == "python":
+        return str(source.get("function", ""))
+    text = str(source.get("path", ""))
+    if kind == "hub":
+        text += f"/{source['name']}" if source.get("name") else ""
+        text += f"@{source['revision']}" if source.get("revision") else ""
+        files = source.get("data_files")
+        if files is not None:
+            text += f" [{files if isinstance(files, str) else ', '.join(f'{k}: {v}' for k, v in files.items())}]"
+    return text
 
 
 def _python_examples(task, split: str, seed: int) -> list[Example]:

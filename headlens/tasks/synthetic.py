@@ -46,6 +46,7 @@ answers are fixed functions of it, so its splits share inputs (documented, not h
 
 from __future__ import annotations
 
+import functools
 import string
 import zlib
 from collections.abc import Callable, Sequence
@@ -181,7 +182,13 @@ def family_examples(fam: Family, split: str = "train", seed: int = 0,
     n = DEFAULT_N[split] if n is None else n
     if n < 0:
         raise HeadlensError(f"synthetic: n must be >= 0, got {n}")
-    fi = FAMILIES.index(fam)
+    # the tasks of a family share this draw: generate it once per (family, split, seed, n)
+    return list(_family_draw(FAMILIES.index(fam), split, int(seed), n))
+
+
+@functools.lru_cache(maxsize=64)
+def _family_draw(fi: int, split: str, seed: int, n: int) -> tuple[tuple[str, tuple[str, ...], tuple[int, ...]], ...]:
+    fam = FAMILIES[fi]
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, SPLITS[split], fi, 0x5E1F])
     out = []
     while len(out) < n:
@@ -196,7 +203,7 @@ def family_examples(fam: Family, split: str = "train", seed: int = 0,
         choices = tuple(" " + answers[i] for i in order)
         gold = tuple(int(np.flatnonzero(order == t)[0]) for t in range(len(answers)))
         out.append((ctx, choices, gold))
-    return out
+    return tuple(out)
 
 
 def examples(task: str, split: str = "train", seed: int = 0, n: int | None = None) -> list[Example]:

@@ -104,3 +104,29 @@ def test_editing_the_file_changes_the_version(tmp_path):
     write(path, LINES[:4])
     task = get_task(str(path))
     assert task.version != v1 and len(task.examples("test")) == 4
+
+
+@pytest.mark.parametrize("data, problem", [
+    ('{"context": "Caf\u00e9 ->", "choices": [" a", " b"], "gold": 0}\n'.encode("latin-1"),
+     "not UTF-8 text (byte 0xe9 at offset 16)"),
+    (bytes(range(128, 256)) * 8, "not UTF-8 text (byte 0x80 at offset 0)"),
+])
+def test_latin1_or_binary_file_is_one_line_error(data, problem, tmp_path):
+    path = tmp_path / "enc.jsonl"
+    path.write_bytes(data)
+    with pytest.raises(HeadlensError) as err:
+        get_task(str(path))
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and problem in message and "\n" not in message
+    assert "re-save it as UTF-8" in message
+
+
+def test_a_line_repeating_another_input_is_never_its_demonstration(tmp_path, tok):
+    rows = LINES + [dict(LINES[0], choices=[" pear", " apple"], gold=1)]  # the same input, other doc_id
+    task = get_task(str(write(tmp_path / "dup.jsonl", rows)))
+    prep = prepare(tok, task, 4, seed=0)
+    for item in prep.items:
+        *demos, query = item.prompt.split("\n\n")
+        assert all(not d.startswith(query) for d in demos)
+    with pytest.raises(HeadlensError, match="document 0 of split 'test' has 4 demonstration candidates"):
+        prepare(tok, task, 5)

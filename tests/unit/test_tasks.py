@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -44,28 +45,28 @@ EXPECTED = {
         'The ball broke the window because the window was fragile.\n\nThe dog chased the cat because the dog',
         (' was hungry.', ' was hungry.'), 0),
     'boolq': (
-        'Ice is frozen water.\nQuestion: is ice cold?\nAnswer: yes\n\nCats meow and purr.\nQuestion: do cats bark?\nAnswer:',
+        'Ice -- Ice is frozen water.\nQuestion: is ice cold?\nAnswer: yes\n\nCat -- Cats meow and purr.\nQuestion: do cats bark?\nAnswer:',
         (' no', ' yes'), 0),
-    'cb': (
-        'She bought a book.\nQuestion: She read it True, False or Neither?\nAnswer: Neither\n\nTom ran home.\nQuestion: Tom moved True, False or Neither?\nAnswer:',
+    'cb': (  # a period after the hypothesis, also after one that has its own (harness v0.3)
+        "She bought a book. I don't know if she liked it.\nQuestion: she read it.. True, False or Neither?\nAnswer: Neither\n\nTom ran home.\nQuestion: Tom moved. True, False or Neither?\nAnswer:",
         (' True', ' False', ' Neither'), 0),
     'copa': (
         'The glass broke because it fell down.\n\nThe child cried because',
         (' she lost her toy.', ' she ate cake.'), 0),
-    'wic': (
-        "Sentence 1: The light is on.\nSentence 2: The bag is light.\nQuestion: Is the word 'light' used in the same way in the two sentences above?\nAnswer: no\n\nSentence 1: Kids play games.\nSentence 2: We saw a play.\nQuestion: Is the word 'play' used in the same way in the two sentences above?\nAnswer:",
+    'wic': (  # the word as inflected in sentence 1, not the lemma column
+        "Sentence 1: The lights are on.\nSentence 2: The bag is light.\nQuestion: Is the word 'lights' used in the same way in the two sentences above?\nAnswer: no\n\nSentence 1: Kids played games.\nSentence 2: We saw a play.\nQuestion: Is the word 'played' used in the same way in the two sentences above?\nAnswer:",
         (' no', ' yes'), 0),
-    'wsc': (
-        'Passage: Jane called Sue but *she* didn\'t answer.\nQuestion: In the passage above, does the pronoun "*she*" refer to "*Jane*"?\nAnswer: no\n\nPassage: The dog bit the man because *it* was angry.\nQuestion: In the passage above, does the pronoun "*it*" refer to "*dog*"?\nAnswer:',
+    'wsc': (  # demonstrations only from positive training examples
+        'Passage: The trophy did not fit in the case because *it* was big.\nQuestion: In the passage above, does the pronoun "*it*" refer to "*trophy*"?\nAnswer: yes\n\nPassage: The dog bit the man because *it* was angry.\nQuestion: In the passage above, does the pronoun "*it*" refer to "*dog*"?\nAnswer:',
         (' no', ' yes'), 1),
     'multirc': (
-        'Sam has a red bike. He rides it to school.\nQuestion: Where does Sam ride?\nAnswer: to school\nIs the answer correct? yes\n\nThe farm has cows and hens. The hens lay eggs.\nQuestion: What lays eggs?\nAnswer:',
+        'Sam has a red bike. He rides it to school.\nQuestion: Where does Sam ride?\nAnswer: home\nIs the answer correct? no\n\nThe farm has cows and hens. The hens lay eggs.\nQuestion: What lays eggs?\nAnswer:',
         (' hens\nIs the answer correct? no', ' hens\nIs the answer correct? yes'), 1),
     'rte': (
         'Lee won the race.\nQuestion: Lee ran. True or False?\nAnswer: True\n\nThe tea is hot.\nQuestion: The tea is cold. True or False?\nAnswer:',
         (' True', ' False'), 1),
-    'record': (
-        'Tom beat Max at chess.\n\n  - Tom wins.\n  - Max lost the game\n\nLeo flew to Lima with Mia.\n\n  - Leo in Lima.\n',
+    'record': (  # the demonstration's target fills in the first of the sorted answers
+        'Rome and Paris sent bands to the fair.\n\n  - Two cities send bands.\n  - A band came from Paris\n\nLeo flew to Lima with Mia.\n\n  - Leo in Lima.\n',
         ('  - Leo is a city', '  - Lima is a city', '  - Mia is a city'), 1),
 }
 
@@ -124,7 +125,7 @@ def test_record_gold_set_and_multirc_groups():
     ex = get_task("record").examples("validation", FIXTURES)
     assert ex[1].choices == ("  - The car went to Jo", "  - The car went to Kim") and ex[1].gold_set == (0,)
     mrc = get_task("multirc").examples("validation", FIXTURES)
-    assert [e.group for e in mrc] == ["0-0", "0-0", "0-1"]
+    assert [e.group for e in mrc] == ["0-0", "0-0", "0-0", "0-1", "0-1"]
 
 
 def test_demonstrations_are_seeded_and_never_the_query(tok):
@@ -147,8 +148,9 @@ def test_truncation_drops_oldest_demo_then_skips(tok):
     assert cut.truncated == 1 and cut.items[0].n_demos == 1
     # the kept demonstration is the newer (second) one
     assert cut.items[0].prompt == item.prompt.split("\n\n", 1)[1]
-    none = prepare(tok, "boolq", 2, data_dir=FIXTURES, limit=1, max_len=3)
-    assert none.skipped == 1 and none.items == []
+    # nothing fits even without demonstrations: nothing to score is an error, not acc=nan
+    with pytest.raises(HeadlensError, match="all 1 queries of split 'validation' are longer than the context"):
+        prepare(tok, "boolq", 2, data_dir=FIXTURES, limit=1, max_len=3)
 
 
 def test_missing_column_in_local_files_is_named(tmp_path):
@@ -228,7 +230,8 @@ def test_data_dir_without_files_is_used_as_a_datasets_cache(tmp_path, monkeypatc
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     (ex,) = get_task("boolq").examples("validation", tmp_path)
-    assert seen == {"path": "aps/super_glue", "name": "boolq", "split": "validation", "cache_dir": str(tmp_path)}
+    assert seen == {"path": "aps/super_glue", "name": None, "split": "validation", "cache_dir": str(tmp_path),
+                    "revision": "refs/convert/parquet", "data_files": {"validation": "boolq/validation/*.parquet"}}
     assert ex.context == "p\nQuestion: q?\nAnswer:" and ex.gold == 1
 
 
@@ -258,8 +261,12 @@ def test_truncation_keeps_the_largest_fitting_number_of_demos(tok):
         sizes = [longest(k)[0] for k in range(4)]
         for limit in range(sizes[0] - 1, sizes[3] + 2):
             want = max((k for k in range(4) if sizes[k] <= limit), default=None)
-            prep = prepare(tok, "piqa", 3, data_dir=FIXTURES, limit=len(full.items), max_len=limit)
-            got = next((i for i in prep.items if i.example.doc_id == ex.doc_id), None)
+            try:
+                items = prepare(tok, "piqa", 3, data_dir=FIXTURES, limit=len(full.items), max_len=limit).items
+            except HeadlensError as err:  # every query skipped
+                assert "nothing to score" in str(err)
+                items = []
+            got = next((i for i in items if i.example.doc_id == ex.doc_id), None)
             assert (got.n_demos if got else None) == want, limit
 
 
@@ -269,3 +276,257 @@ def test_unlabelled_split_says_which_split_to_use(tmp_path):
         '{"sentence": "A _ b.", "option1": "x", "option2": "y", "answer": ""}\n')
     with pytest.raises(HeadlensError, match="unlabelled splits cannot be scored, use --split validation"):
         get_task("winogrande").examples("test", tmp_path)
+
+
+class CharTokenizer:
+    """A fast stand-in tokenizer (one id per character) for tests that check prompt text only."""
+
+    bos_token_id = eos_token_id = 0
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[ord(c) for c in t] for t in texts]}
+
+
+def demo_inputs(item, separator="\n\n"):
+    """The input (context) of each demonstration of an offline-suite prompt: text before the answer."""
+    return [d.rsplit(" ", 1)[0] for d in item.prompt.split(separator)[:-1]]
+
+
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_no_offline_prompt_repeats_the_query_input_as_a_demonstration(split):
+    """5-shot prompts of every offline task, on the eval split and on the importance split.
+
+    The label family has 30 inputs, so the train split repeats every test input under other
+    doc_ids; before exclusion by content, 16% (test) and 20% (train) of its prompts held the
+    query's own input as a demonstration.
+    """
+    names = task_names("offline")
+    assert len(names) == 14
+    tok = CharTokenizer()
+    train_inputs = {e.context for e in get_task("label_parity").examples("train")}
+    assert any(e.context in train_inputs for e in get_task("label_parity").examples("test"))  # the trap exists
+    for name in names:
+        prep = prepare(tok, name, 5, split=split, limit=500)
+        assert len(prep.items) == 500 and prep.truncated == 0
+        for item in prep.items:
+            inputs = demo_inputs(item)
+            assert len(inputs) == 5 and item.example.context not in inputs, (name, item.example.doc_id)
+
+
+def test_demo_draw_excludes_by_content_and_keeps_the_plain_draw_otherwise():
+    import numpy as np
+
+    from headlens.tasks.prompts import DemoPool, draw_demos
+
+    pool = [Example(context=f"{i % 4} ->", choices=(" a", " b"), gold=i % 2, doc_id=i) for i in range(12)]
+    query = Example(context="1 ->", choices=(" a", " b"), gold=0, doc_id=5)
+    other = DemoPool(tuple(pool), same_split=False)
+    same = DemoPool(tuple(pool), same_split=True)
+    assert other.excluded(query) == {1, 5, 9}
+    for seed in range(20):
+        demos = draw_demos(other, query, 6, seed)
+        assert len(demos) == 6 and len({d.doc_id for d in demos}) == 6 and all(d.context != "1 ->" for d in demos)
+    fresh = Example(context="new ->", choices=(" a", " b"), gold=0, doc_id=3)
+    assert same.excluded(fresh) == {3} and other.excluded(fresh) == set()
+    # nothing to exclude: exactly the plain seeded draw (prompts of such tasks did not change)
+    picks = np.random.default_rng((7, 3)).choice(12, size=4, replace=False)
+    assert draw_demos(other, fresh, 4, 7) == [pool[i] for i in picks]
+    # per-choice contexts (Winogrande): sharing any of them is sharing the input
+    wino = Example(context="x A", choices=(" r", " r"), gold=0, contexts=("x A", "x B"))
+    twin = Example(context="x B", choices=(" s", " s"), gold=1, contexts=("x A", "x B"), doc_id=1)
+    assert DemoPool((twin,), same_split=False).excluded(wino) == {0}
+
+
+def test_too_few_demonstration_candidates_is_an_error(tmp_path):
+    rows = [{"context": "same ->", "choices": [" a", " b"], "gold": 0}] * 3 + [
+        {"context": "other ->", "choices": [" a", " b"], "gold": 1}]
+    path = tmp_path / "dup.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(HeadlensError, match="document 0 of split 'test' has 1 demonstration candidates"):
+        prepare(CharTokenizer(), str(path), 2)
+    assert prepare(CharTokenizer(), str(path), 1).items[0].prompt == "other -> b\n\nsame ->"
+
+
+def test_wsc_demonstrations_are_positive_training_examples(tok):
+    task = get_task("wsc")
+    assert task.demo_gold == 1
+    prep = prepare(tok, task, 2, data_dir=FIXTURES)
+    for item in prep.items:
+        answers = [d.rsplit("\nAnswer:", 1)[1] for d in item.prompt.split("\n\n")[:-1]]
+        assert answers == [" yes", " yes"]
+    with pytest.raises(HeadlensError, match="3 shots need 3 train documents with gold 1, split 'train' has 2"):
+        prepare(tok, task, 3, data_dir=FIXTURES)
+
+
+def test_record_sorts_answers_and_keeps_documents_no_entity_matches():
+    train = get_task("record").examples("train", FIXTURES)
+    assert train[3].target == "  - A band came from Paris"  # answers ["Rome", "Paris", "Rome"] sorted
+    val = get_task("record").examples("validation", FIXTURES)
+    assert len(val) == 3 and val[2].doc_id == 2
+    assert val[2].choices == ("  - Dan went to the zoo", "  - Eva went to the zoo") and val[2].gold_set == ()
+
+
+def test_cb_template_puts_a_period_after_the_hypothesis():
+    ex = get_task("cb").examples("validation", FIXTURES)[1]
+    assert ex.context == "The box is empty.\nQuestion: the box is full. True, False or Neither?\nAnswer:"
+    assert ex.choices == (" True", " False", " Neither") and ex.gold == 1
+
+
+def test_fixtures_carry_the_real_data_quirks():
+    import collections
+
+    assert all(" -- " in e.context.split("\n")[0] for e in get_task("boolq").examples("train", FIXTURES))
+    rows = [json.loads(x) for x in (FIXTURES / "wic" / "train.jsonl").read_text().splitlines()]
+    inflected = [r for r in rows if r["sentence1"][r["start1"]:r["end1"]] != r["word"]]
+    assert inflected and all(f"'{r['sentence1'][r['start1']:r['end1']]}'" in e.context
+                             for r, e in zip(rows, get_task("wic").examples("train", FIXTURES)) if r in inflected)
+    for split in ("train", "validation"):
+        groups = collections.Counter(e.group for e in get_task("multirc").examples(split, FIXTURES))
+        assert min(groups.values()) >= 2
+    hyps = [json.loads(x)["hypothesis"] for x in (FIXTURES / "cb" / "train.jsonl").read_text().splitlines()]
+    assert any(h.endswith(".") for h in hyps) and any(not h.endswith(".") for h in hyps)
+
+
+# --- hub sources: data files only (datasets >= 4 refuses loading scripts) ---
+
+def config_of(task):
+    return task.source.get("name") or "default"
+
+
+@pytest.mark.parametrize("name", STUDY)
+def test_every_study_source_reads_the_parquet_conversion(name):
+    from headlens.tasks.sources import hub_arguments
+
+    task = get_task(name)
+    for split in (task.train_split, task.eval_split):
+        args, kwargs = hub_arguments(task, split)
+        # no config name: with data_files, datasets reads the files and never looks for a script
+        assert args == (task.source["path"],)
+        assert kwargs == {"split": split, "revision": "refs/convert/parquet",
+                          "data_files": {split: f"{config_of(task)}/{split}/*.parquet"}}
+
+
+def test_hub_call_is_what_load_dataset_receives(monkeypatch, tmp_path):
+    import datasets
+
+    calls = []
+
+    def fake_load(*args, **kwargs):
+        calls.append((args, kwargs))
+        return [{"premise": "p.", "hypothesis": "h", "label": 2}]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    (ex,) = get_task("cb").examples("validation")
+    assert calls == [(("aps/super_glue",), {"split": "validation", "revision": "refs/convert/parquet",
+                                             "data_files": {"validation": "cb/validation/*.parquet"}})]
+    assert ex.context == "p.\nQuestion: h. True, False or Neither?\nAnswer:" and ex.gold == 2
+
+
+def test_hub_loader_reads_data_files_through_datasets(tmp_path):
+    """The real ``datasets`` path on local files laid out like the hub's parquet conversion."""
+    import dataclasses
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    repo = tmp_path / "super_glue"
+    rows = {"train": [{"premise": f"P{i}.", "hypothesis": f"h{i}", "idx": i, "label": i % 3} for i in range(3)],
+            "validation": [{"premise": "Q.", "hypothesis": "q", "idx": 0, "label": 1}]}
+    for split, docs in rows.items():
+        (repo / "cb" / split).mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(docs), repo / "cb" / split / "0000.parquet")
+    task = dataclasses.replace(get_task("cb"), source={
+        "kind": "hub", "path": str(repo), "name": "cb", "revision": "refs/convert/parquet",
+        "data_files": "cb/{split}/*.parquet"})
+    cache = tmp_path / "hf-cache"  # no <task>/<split> files there: used as the datasets cache
+    train = task.examples("train", cache)
+    assert [e.context for e in train] == [f"P{i}.\nQuestion: h{i}. True, False or Neither?\nAnswer:" for i in range(3)]
+    assert [e.gold for e in task.examples("validation", cache)] == [1]
+    # JSON lines through a per-split mapping work the same way
+    (repo / "json").mkdir()
+    (repo / "json" / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows["validation"]))
+    task = dataclasses.replace(task, source={"kind": "hub", "path": str(repo),
+                                             "data_files": {"validation": "json/dev.jsonl"}})
+    assert [e.gold for e in task.examples("validation", cache)] == [1]
+    with pytest.raises(HeadlensError, match="data_files has no entry for split 'train'"):
+        task.examples("train", cache)
+
+
+# --- bad input: one-line errors ---
+
+def test_zero_shot_query_longer_than_the_context_is_skipped(tok):
+    """0 shots (no demonstration to drop): a query that does not fit is skipped, not an IndexError."""
+    full = prepare(tok, "boolq", 0, data_dir=FIXTURES)
+    sizes = [len(i.context_ids) + max(len(c) for c in i.choice_ids) for i in full.items]
+    assert sizes[0] != sizes[1]
+    prep = prepare(tok, "boolq", 0, data_dir=FIXTURES, max_len=min(sizes))
+    assert prep.skipped == 1 and len(prep.items) == 1 and prep.truncated == 0
+    assert prep.items[0].example.doc_id == sizes.index(min(sizes))
+    with pytest.raises(HeadlensError, match="all 2 queries .* nothing to score"):
+        prepare(tok, "boolq", 0, data_dir=FIXTURES, max_len=min(sizes) - 1)
+
+
+def one_line_error(call) -> str:
+    with pytest.raises(HeadlensError) as err:
+        call()
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_latin1_and_binary_task_files_are_one_line_errors(tmp_path):
+    spec = tmp_path / "latin.yaml"
+    spec.write_bytes("name: caf\u00e9\nversion: 1\nmetric: acc\nsource: {kind: hub, path: a/b}\n".encode("latin-1"))
+    assert "not UTF-8 text (byte 0xe9 at offset 9)" in one_line_error(lambda: get_task(str(spec)))
+    (tmp_path / "piqa").mkdir()
+    (tmp_path / "piqa" / "validation.jsonl").write_bytes(
+        '{"goal": "caf\u00e9", "sol1": "a", "sol2": "b", "label": 0}\n'.encode("latin-1"))
+    message = one_line_error(lambda: get_task("piqa").examples("validation", tmp_path))
+    assert message.startswith(f"{tmp_path / 'piqa' / 'validation.jsonl'}: not UTF-8 text")
+    (tmp_path / "piqa" / "validation.jsonl").unlink()
+    (tmp_path / "piqa" / "validation.parquet").write_bytes(bytes(range(256)) * 4)
+    assert "not a readable parquet file" in one_line_error(lambda: get_task("piqa").examples("validation", tmp_path))
+    binary = tmp_path / "blob.yaml"
+    binary.write_bytes(bytes(range(256)))
+    assert one_line_error(lambda: get_task(str(binary))).startswith(f"{binary}: not UTF-8 text")
+
+
+@pytest.mark.parametrize("extra, problem", [
+    ("splits: {train: train, evaluation: test}\n", "unknown keys ['evaluation'] under splits; allowed: train, eval, importance"),
+    ("template: {context: 'Q {q}', choices: [' a', ' b'], gold: a, gold_mapping: {}}\n",
+     "unknown keys ['gold_mapping'] under template; allowed: context, choices, choices_field"),
+    ("template: {context: 'Q {q}', choices: [' a', ' b'], gold: a}\nprocessor: copa\n", "read only by processor 'template'"),
+    ("splits: [train, test]\n", "splits must be a mapping"),
+])
+def test_unknown_keys_in_a_task_file_are_named_with_the_allowed_ones(extra, problem, tmp_path):
+    spec = tmp_path / "t.yaml"
+    spec.write_text("name: t\nversion: 1\nmetric: acc\nsource: {kind: hub, path: a/b}\n" + extra)
+    assert problem in one_line_error(lambda: get_task(str(spec)))
+
+
+def test_unknown_source_keys_are_named(tmp_path):
+    spec = tmp_path / "t.yaml"
+    spec.write_text("name: t\nversion: 1\nmetric: acc\nsource: {kind: hub, path: a/b, config: x}\n"
+                    "template: {context: 'Q', choices: [' a', ' b'], gold: a}\n")
+    assert "unknown keys ['config'] under source (kind hub); allowed: kind, path, name, revision" in one_line_error(
+        lambda: get_task(str(spec)))
+    spec.write_text("name: t\nversion: 1\nmetric: acc\nsource: {kind: hub, path: a/b, data_files: 'x.parquet'}\n"
+                    "template: {context: 'Q', choices: [' a', ' b'], gold: a}\n")
+    assert "must contain '{split}'" in one_line_error(lambda: get_task(str(spec)))
+
+
+@pytest.mark.parametrize("limit", [0, -3])
+def test_limit_below_one_is_an_error(limit, tok):
+    from headlens.tasks.prompts import check_limit
+
+    assert "--limit must be >= 1" in one_line_error(lambda: check_limit(limit, "--limit"))
+    assert "limit must be >= 1" in one_line_error(lambda: prepare(tok, "piqa", 0, data_dir=FIXTURES, limit=limit))
+
+
+def test_prompt_version_is_in_every_task_key():
+    from headlens.tasks.schema import PROMPT_VERSION
+
+    assert PROMPT_VERSION >= 2
+    assert get_task("piqa").key["prompt_version"] == PROMPT_VERSION
+    assert get_task("label_parity").key["prompt_version"] == PROMPT_VERSION
+    assert (get_task("cb").version, get_task("wsc").version, get_task("record").version) == (2, 2, 2)
