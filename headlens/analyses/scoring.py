@@ -108,8 +108,11 @@ class EvalResult:
         model: model name; task: task name; shots, seed, split: as evaluated.
         metrics: ``acc``, ``acc_norm``, ``n``, ``truncated``, ``skipped`` (+ ``em`` for
             ReCoRD, ``acc_per_answer`` and ``n_questions`` for MultiRC).
-        records: one row per scored example: doc_id, group, gold, pred, pred_norm, correct,
-            correct_norm, logprobs, n_demos, n_choices.
+        records: one row per scored example: doc_id, group, gold, gold_set, pred, pred_norm,
+            correct, correct_norm, logprobs (per choice, the scores argmax picks from),
+            n_demos, n_choices, choices (the continuations as scored), context (the exact
+            prompt text before the choices: demonstrations + query, no BOS) and contexts
+            (per-choice prompt texts when they differ, Winogrande; else None).
     """
 
     model: str
@@ -124,6 +127,26 @@ class EvalResult:
         """The CLI's JSON object: model, task, shots, n, acc, acc_norm, truncated, skipped, ..."""
         return {"model": self.model, "task": self.task, "shots": self.shots, "split": self.split,
                 "seed": self.seed, **self.metrics}
+
+    def samples(self) -> list[dict]:
+        """One dict per scored query, as ``headlens eval --log-samples`` writes them: task,
+        doc_id, shots, seed, split, context (the exact prompt text), contexts (Winogrande),
+        choices, gold, gold_set, logprobs, pred, correct, n_demos, group."""
+        keys = ("doc_id", "context", "contexts", "choices", "gold", "gold_set", "logprobs", "pred", "correct",
+                "n_demos", "group")
+        head = {"task": self.task, "shots": self.shots, "seed": self.seed, "split": self.split}
+        out = []
+        for row in self.records[list(keys)].to_dict("records"):
+            rec = {**head, **row}
+            rec["doc_id"], rec["gold"], rec["pred"] = int(rec["doc_id"]), int(rec["gold"]), int(rec["pred"])
+            rec["correct"], rec["n_demos"] = bool(rec["correct"]), int(rec["n_demos"])
+            rec["choices"], rec["gold_set"] = list(rec["choices"]), [int(g) for g in rec["gold_set"]]
+            if rec["contexts"] is None:
+                del rec["contexts"]
+            if rec["group"] is None:
+                del rec["group"]
+            out.append(rec)
+        return out
 
 
 def _metrics(task: Task, records: pd.DataFrame, truncated: int, skipped: int) -> dict:
@@ -176,12 +199,16 @@ def evaluate_prepared(model, prepared, *, gates=None, batch_size: int = 16,
     for item, lp in zip(prepared.items, scores):
         lengths = np.array([max(len(c), 1) for c in item.example.choices], dtype=np.float64)
         pred, pred_norm = int(np.argmax(lp)), int(np.argmax(lp / lengths))
+        contexts = (None if item.example.contexts is None
+                    else tuple(item.prompt_for(j) for j in range(len(item.choice_ids))))
         rows.append({"doc_id": item.example.doc_id, "group": item.group, "gold": item.gold,
-                     "pred": pred, "pred_norm": pred_norm, "correct": pred in item.gold_set,
-                     "correct_norm": pred_norm in item.gold_set, "logprobs": lp.tolist(),
-                     "n_demos": item.n_demos, "n_choices": len(lp)})
-    records = pd.DataFrame(rows, columns=["doc_id", "group", "gold", "pred", "pred_norm", "correct",
-                                          "correct_norm", "logprobs", "n_demos", "n_choices"])
+                     "gold_set": item.gold_set, "pred": pred, "pred_norm": pred_norm,
+                     "correct": pred in item.gold_set, "correct_norm": pred_norm in item.gold_set,
+                     "logprobs": lp.tolist(), "n_demos": item.n_demos, "n_choices": len(lp),
+                     "choices": item.example.choices, "context": item.prompt, "contexts": contexts})
+    records = pd.DataFrame(rows, columns=["doc_id", "group", "gold", "gold_set", "pred", "pred_norm", "correct",
+                                          "correct_norm", "logprobs", "n_demos", "n_choices", "choices",
+                                          "context", "contexts"])
     info = getattr(model, "headlens_info", None)
     name = info.name if info is not None else type(model).__name__
     return EvalResult(model=name, task=prepared.task.name, shots=prepared.shots, seed=prepared.seed,

@@ -42,8 +42,9 @@ def importance_cmd(
     from headlens.analyses.importance import VARIANTS, aggregate, task_importance
     from headlens.results.cache import ResultCache
     from headlens.tasks import get_task
-    from headlens.tasks.prompts import check
+    from headlens.tasks.prompts import check, check_limit
 
+    check_limit(limit, "--limit")
     if variant not in VARIANTS:
         fail(f"--variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     ks = shot_list(shots)

@@ -50,8 +50,10 @@ def prune_cmd(
     )
     from headlens.results.cache import ResultCache
     from headlens.tasks import get_task
-    from headlens.tasks.prompts import check
+    from headlens.tasks.prompts import check, check_limit
 
+    check_limit(limit, "--limit")
+    check_limit(importance_limit, "--importance-limit")
     t = get_task(task)
     check(t, shots, data_dir=data_dir)
     bridge = load(model, device, dtype)

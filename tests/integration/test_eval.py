@@ -177,6 +177,109 @@ def test_cli_tasks_lists_the_registry(capsys, monkeypatch):
     code, out, err = run_cli(["tasks", "--group", "study", "--format", "json"], capsys, monkeypatch)
     assert code == 0, err
     rows = json.loads(out)
-    assert len(rows) == 14 and rows[2] == {"task": "arc_easy", "group": "study", "version": 1, "metric": "acc",
-                                           "train_split": "train", "eval_split": "test",
-                                           "source": "allenai/ai2_arc/ARC-Easy"}
+    assert len(rows) == 14 and rows[2] == {
+        "task": "arc_easy", "group": "study", "version": 1, "metric": "acc", "train_split": "train",
+        "eval_split": "test", "source": "allenai/ai2_arc/ARC-Easy@refs/convert/parquet [ARC-Easy/{split}/*.parquet]",
+        "revision": "refs/convert/parquet", "data_files": "ARC-Easy/{split}/*.parquet"}
+    assert all(r["revision"] == "refs/convert/parquet" for r in rows)
+    code, out, err = run_cli(["tasks"], capsys, monkeypatch)
+    line = next(x for x in out.splitlines() if x.startswith("cb "))
+    assert line.endswith("aps/super_glue/cb@refs/convert/parquet [cb/{split}/*.parquet]")
+
+
+def test_record_document_no_entity_matches_is_scored_wrong(tiny_models):
+    res = evaluate(tiny_models["gpt2"], "record", 0, data_dir=FIXTURES, progress=False)
+    assert res.metrics["n"] == 3
+    row = res.records.set_index("doc_id").loc[2]
+    assert row.gold_set == () and not row.correct and not row.correct_norm
+    assert res.metrics["em"] == pytest.approx(res.records.correct.mean())
+
+
+def test_log_samples_context_is_exactly_what_was_scored(tiny_dir, tmp_path, capsys, monkeypatch):
+    """Every logged line: the context string (demonstrations included) decodes from the scored
+    tokens, and an independent forward pass on the logged strings gives the logged log-probs."""
+    from transformers import AutoTokenizer
+
+    path = tmp_path / "logs" / "samples.jsonl"
+    model = str(tiny_dir / "gpt2")
+    code, out, err = run_cli(["eval", "--model", model, "--task", "copa,winogrande,record", "--shots", "1",
+                              "--data-dir", str(FIXTURES), "--log-samples", str(path), "--format", "json"],
+                             capsys, monkeypatch)
+    assert code == 0, err
+    metrics = {r["task"]: r for r in json.loads(out)}
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x["task"] for x in lines] == ["copa"] * 2 + ["winogrande"] * 2 + ["record"] * 3
+    tok = AutoTokenizer.from_pretrained(model)
+    hf = hf_model(tiny_dir, "gpt2")
+    for task in ("copa", "winogrande", "record"):
+        mine = [x for x in lines if x["task"] == task]
+        assert sum(x["correct"] for x in mine) / len(mine) == pytest.approx(metrics[task]["acc"])
+        items = {it.example.doc_id: it for it in prepare(tiny_models_tokenizer(model), task, 1,
+                                                             data_dir=FIXTURES, max_len=128).items}
+        for x in mine:
+            assert {"task", "doc_id", "shots", "seed", "split", "context", "choices", "gold", "gold_set",
+                    "logprobs", "pred", "correct", "n_demos"} <= set(x)
+            assert x["shots"] == 1 and x["pred"] == int(np.argmax(x["logprobs"]))
+            assert x["context"].count("\n\n") >= x["n_demos"]  # the demonstrations are in it
+            item = items[x["doc_id"]]
+            for j, choice in enumerate(x["choices"]):
+                context = x["contexts"][j] if "contexts" in x else x["context"]
+                scored = item.context_for(j) + item.choice_ids[j]
+                assert tok.decode(scored, clean_up_tokenization_spaces=False) == context + choice
+                # from the logged strings alone: tokenize(context) / tokenize(context + choice)
+                ctx_ids = tok(context.rstrip(), add_special_tokens=False)["input_ids"]
+                cont = tok(context + choice, add_special_tokens=False)["input_ids"][len(ctx_ids):]
+                ids = torch.tensor([ctx_ids + cont])
+                with torch.no_grad():
+                    logp = torch.log_softmax(hf(ids).logits[0].double(), -1)
+                want = sum(float(logp[len(ctx_ids) - 1 + t, c]) for t, c in enumerate(cont))
+                assert x["logprobs"][j] == pytest.approx(want, abs=1e-4)
+    assert [x["gold_set"] for x in lines if x["task"] == "record"][2] == []
+
+
+def tiny_models_tokenizer(model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def test_log_samples_never_overwrites_without_force(tiny_dir, tmp_path, capsys, monkeypatch):
+    path = tmp_path / "samples.jsonl"
+    path.write_text("mine\n")
+    args = ["eval", "--model", str(tiny_dir / "gpt2"), "--task", "copa", "--data-dir", str(FIXTURES),
+            "--log-samples", str(path)]
+    code, out, err = run_cli(args, capsys, monkeypatch)
+    assert code == 2 and "exists; pass --force to overwrite it" in err and path.read_text() == "mine\n"
+    code, out, err = run_cli(args + ["--force"], capsys, monkeypatch)
+    assert code == 0, err
+    assert [json.loads(x)["doc_id"] for x in path.read_text().splitlines()] == [0, 1]
+    assert f"wrote 2 samples to {path}" in out
+    code, out, err = run_cli(args[:-1] + [str(tmp_path)], capsys, monkeypatch)
+    assert code == 2 and "is a folder" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "--task", "piqa", "--limit", "0"], "--limit must be >= 1"),
+    (["importance", "--task", "piqa", "--limit", "-1"], "--limit must be >= 1"),
+    (["prune", "--task", "piqa", "--limit", "0"], "--limit must be >= 1"),
+    (["prune", "--task", "piqa", "--importance-limit", "0"], "--importance-limit must be >= 1"),
+    (["eval", "--task", "piqa", "--log-samples", "{tmp}/a-file/samples.jsonl"], "cannot write in {tmp}/a-file"),
+])
+def test_bad_options_fail_before_the_model_loads(args, message, tmp_path, capsys, monkeypatch):
+    (tmp_path / "a-file").write_text("")  # not a folder: nothing can be written under it
+    args, message = [a.replace("{tmp}", str(tmp_path)) for a in args], message.replace("{tmp}", str(tmp_path))
+    missing = str(tmp_path / "no-such-model")  # loading it would be a different error
+    code, out, err = run_cli([*args, "--model", missing, "--data-dir", str(FIXTURES)], capsys, monkeypatch)
+    errors = [line for line in err.splitlines() if line.startswith("headlens: error:")]
+    assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err
+
+
+def test_eval_with_every_query_skipped_is_an_error(tiny_dir, tmp_path, capsys, monkeypatch):
+    long = " ".join(["word"] * 400)
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps({"context": f"{long} {i} ->", "choices": [" a", " b"], "gold": 0}) + "\n"
+                            for i in range(3)))
+    code, out, err = run_cli(["eval", "--model", str(tiny_dir / "gpt2"), "--task", str(path)], capsys, monkeypatch)
+    errors = [line for line in err.splitlines() if line.startswith("headlens: error:")]
+    assert code == 2 and len(errors) == 1 and "all 3 queries" in errors[0] and "nothing to score" in errors[0]
+    assert "acc=" not in out
