@@ -134,11 +134,11 @@ class EvalResult:
         choices, gold, gold_set, logprobs, pred, correct, n_demos, group."""
         keys = ("doc_id", "context", "contexts", "choices", "gold", "gold_set", "logprobs", "pred", "correct",
                 "n_demos", "group")
-        head = {"task": self.task, "shots": self.shots, "seed": self.seed, "split": self.split}
         out = []
         for row in self.records[list(keys)].to_dict("records"):
-            rec = {**head, **row}
-            rec["doc_id"], rec["gold"], rec["pred"] = int(rec["doc_id"]), int(rec["gold"]), int(rec["pred"])
+            rec = {"task": self.task, "doc_id": int(row.pop("doc_id")), "shots": self.shots, "seed": self.seed,
+                   "split": self.split, **row}
+            rec["gold"], rec["pred"] = int(rec["gold"]), int(rec["pred"])
             rec["correct"], rec["n_demos"] = bool(rec["correct"]), int(rec["n_demos"])
             rec["choices"], rec["gold_set"] = list(rec["choices"]), [int(g) for g in rec["gold_set"]]
             if rec["contexts"] is None:

@@ -316,8 +316,8 @@ def prepare(model_or_tokenizer, task: Task | str, shots: int, *, split: str | No
     demo_pool = DemoPool(tuple(pool), same_split=split == task.train_split)
     items, truncated, skipped = [], 0, 0
     for ex in queries:
-        if shots and len(demo_pool) - len(demo_pool.excluded(ex)) < shots:
-            n_ok = len(demo_pool) - len(demo_pool.excluded(ex))
+        n_ok = len(demo_pool) - len(demo_pool.excluded(ex)) if shots else 0
+        if n_ok < shots:
             raise HeadlensError(
                 f"task {task.name}: document {ex.doc_id} of split {split!r} has {n_ok} demonstration candidates "
                 f"(train documents other than itself and without its input), {shots} shots need {shots}; "
