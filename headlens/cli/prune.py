@@ -30,7 +30,9 @@ def prune_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", help="Queries evaluated per point."),
     importance_limit: Optional[int] = typer.Option(None, "--importance-limit", help="Queries for the ranking."),
     variant: str = typer.Option("bansal", "--variant"),
-    random_seeds: int = typer.Option(3, "--random-seeds", help="Random rankings for the baseline band (>= 3)."),
+    random_draws: int = typer.Option(50, "--random-draws", "--random-seeds",
+                                     help="Random subsets per point for the baseline band (>= 1); every "
+                                          "subset is evaluated instead when there are at most 2,000."),
     seed: int = typer.Option(0, "--seed"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the curve (CSV) and its figure here."),
@@ -42,7 +44,11 @@ def prune_cmd(
     check_format(fmt)
     if what not in ("heads", "ffn", "grid"):
         fail(f"--what must be heads, ffn or grid, got {what!r}")
+    if random_draws < 1:
+        fail(f"--random-draws (alias --random-seeds) must be >= 1 (random subsets per point), "
+             f"got {random_draws}; the default is 50")
     from headlens.analyses.pruning import (
+        EXACT_LIMIT,
         TaskEvaluator,
         cached_curve,
         pruning_grid,
@@ -82,7 +88,7 @@ def prune_cmd(
             typer.echo(grid.round(3).to_string())
         return
     rank_scores = resolve_ranking(bridge, ranking, t, shots, what, **kw)
-    curve = cached_curve(evaluator, rank_scores, what=what, random_seeds=tuple(range(random_seeds)),
+    curve = cached_curve(evaluator, rank_scores, what=what, random_draws=random_draws,
                          cache=cache, progress=fmt == "text")
     if out is not None:
         from headlens.report.figures import save_figure
@@ -93,9 +99,12 @@ def prune_cmd(
         save_figure(pruning_curves({label: curve}, title=f"Accuracy vs % {what} removed"), out,
                     f"prune-{what}-{t.name}-{shots}shot", section="Pruning",
                     caption=f"{label}: accuracy after removing the lowest-ranked p% of {what} (gates at 0); "
-                            f"dotted: mean of {random_seeds} random rankings, band +/- 1 sd.")
+                            f"dotted: mean accuracy with the same number removed at random (every "
+                            f"subset where there are at most {EXACT_LIMIT:,}, else {random_draws} seeded "
+                            f"draws per point); band: 2.5-97.5 percentiles of those accuracies.")
     if fmt == "json":
         print_json({"model": model, "task": t.name, "shots": shots, "ranking": ranking, "what": what,
-                    "curve": curve[["percent", "acc", "acc_random_mean", "acc_random_std"]].to_dict("records")})
+                    "curve": curve[["percent", "acc", "acc_random_mean", "acc_random_std", "acc_random_low",
+                                    "acc_random_high", "n_random", "random_exact", "n_removed"]].to_dict("records")})
     else:
         typer.echo(curve.round(4).to_string(index=False))

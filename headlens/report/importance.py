@@ -55,23 +55,41 @@ def importance_heatmaps(scores: Sequence[Scores], *, title: str = "Head importan
 
 def pruning_curves(curves: Mapping[str, pd.DataFrame], *, title: str = "Accuracy vs % pruned",
                    chance: float | None = None) -> go.Figure:
-    """Accuracy vs percent removed for each named curve, with the random-ranking band
-    (mean +/- std) of each drawn as a shaded region."""
+    """Accuracy vs percent removed for each named curve, with its random-removal baseline.
+
+    The dotted line is the mean accuracy over random subsets of the same size; the shaded
+    band spans ``acc_random_low`` to ``acc_random_high`` (the 2.5-97.5 percentiles of the
+    random accuracies, over every subset where they were enumerated; see
+    :func:`headlens.analyses.pruning.pruning_curve`). Curves from before those columns
+    existed fall back to mean +/- 1 sd.
+    """
     fig = go.Figure()
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b",
                "#e377c2", "#7f7f7f", "#bcbd22"]
     for i, (name, df) in enumerate(curves.items()):
         color = palette[i % len(palette)]
         if "acc_random_mean" in df and df.acc_random_mean.notna().any():
-            lo = df.acc_random_mean - df.acc_random_std
-            hi = df.acc_random_mean + df.acc_random_std
+            if "acc_random_low" in df and "acc_random_high" in df:
+                lo, hi, band = df.acc_random_low, df.acc_random_high, "random 2.5-97.5%"
+            else:
+                lo = df.acc_random_mean - df.acc_random_std
+                hi = df.acc_random_mean + df.acc_random_std
+                band = "random ±1 sd"
             fig.add_trace(go.Scatter(x=list(df.percent) + list(df.percent[::-1]),
                                      y=list(hi) + list(lo[::-1]), fill="toself", opacity=0.15,
                                      line={"width": 0, "color": color}, hoverinfo="skip",
-                                     name=f"{name}: random ±1 sd", showlegend=True))
+                                     name=f"{name}: {band}", showlegend=True))
+            n = df["n_random"] if "n_random" in df else [""] * len(df)
+            exact = df["random_exact"] if "random_exact" in df else [None] * len(df)
+            how = ["" if e is None else "subsets (all)" if e else "random subsets" for e in exact]
+            custom = [[float(a), float(b), c if c == "" else int(c), d] for a, b, c, d in zip(lo, hi, n, how)]
             fig.add_trace(go.Scatter(x=df.percent, y=df.acc_random_mean, mode="lines",
-                                     line={"dash": "dot", "color": color},
-                                     name=f"{name}: random ranking"))
+                                     line={"dash": "dot", "color": color}, customdata=custom,
+                                     hovertemplate="%{x:.0f}% removed at random<br>mean acc=%{y:.3f}"
+                                                   "<br>band %{customdata[0]:.3f}-%{customdata[1]:.3f}"
+                                                   "<br>%{customdata[2]} %{customdata[3]}<extra>"
+                                                   + name + "</extra>",
+                                     name=f"{name}: random removal"))
         fig.add_trace(go.Scatter(x=df.percent, y=df.acc, mode="lines+markers",
                                  line={"color": color}, name=name,
                                  hovertemplate="%{x:.0f}% removed<br>acc=%{y:.3f}<extra>" + name + "</extra>"))

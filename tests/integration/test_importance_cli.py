@@ -45,7 +45,37 @@ def test_prune_json_curve(tiny_dir):
     assert res.exit_code == 0, res.output
     obj = json.loads(res.stdout.strip().splitlines()[-1])
     assert [p["percent"] for p in obj["curve"]] == list(range(0, 100, 10))
-    assert set(obj["curve"][0]) == {"percent", "acc", "acc_random_mean", "acc_random_std"}
+    assert set(obj["curve"][0]) == {"percent", "acc", "acc_random_mean", "acc_random_std", "acc_random_low",
+                                    "acc_random_high", "n_random", "random_exact", "n_removed"}
+    # 8 heads: every subset is evaluated (C(8, 4) = 70 at 50%)
+    half = obj["curve"][5]
+    assert half["n_random"] == 70 and half["random_exact"] is True
+    assert half["acc_random_low"] <= half["acc_random_mean"] <= half["acc_random_high"]
+
+
+def test_ffn_pruning_oracle_and_gradient_cached(tiny_models, tmp_path):
+    import torch
+
+    from headlens.analyses.pruning import TaskEvaluator, ffn_pruning
+    from headlens.model.gates import Gates
+    from headlens.tasks import get_task
+
+    model, task = tiny_models["gpt2"], get_task("copa")
+    cache = ResultCache(tmp_path)
+    ev = TaskEvaluator(model, task, 0, limit=4, data_dir=FIXTURES)
+    oracle_ev = TaskEvaluator(model, task, 0, split=task.importance_split, limit=4, data_dir=FIXTURES)
+    grad = task_importance(model, task, 0, limit=4, data_dir=FIXTURES, cache=cache, progress=False).ffn
+    first = ffn_pruning(model, ev, oracle_ev, gradient=grad, cache=cache, progress=False)
+    hits = cache.hits
+    again = ffn_pruning(model, ev, oracle_ev, gradient=grad, cache=cache, progress=False)
+    assert cache.hits == hits + 3  # oracle ranking and both curves
+    assert again.oracle.equals(first.oracle) and again.gradient.equals(first.gradient)
+    base = oracle_ev(None)
+    for layer in range(2):  # the oracle is the accuracy drop on the importance split
+        g = np.ones(2, dtype=np.float32)
+        g[layer] = 0
+        assert first.oracle_ranking.values[layer] == pytest.approx(base - oracle_ev(Gates(ffn=torch.from_numpy(g))))
+    assert list(first.oracle.percent) == [0, 50] and first.oracle.random_exact.all()
 
 
 def test_bad_variant_is_one_line(monkeypatch, capsys):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -29,12 +31,110 @@ def test_curve_keeps_accuracy_when_ranking_protects_the_key_head():
     vals = np.random.default_rng(0).random((4, 5))
     vals[2, 3] = 10.0  # the key head ranks first
     ranking = Scores(vals, metric="head_importance")
-    df = pruning_curve(ranking, _fake_evaluate([(2, 3)]), random_seeds=range(5), progress=False)
+    df = pruning_curve(ranking, _fake_evaluate([(2, 3)]), progress=False)
     assert list(df.percent) == list(range(0, 100, 10))
     assert (df.acc == 1.0).all()
     assert list(df.n_removed) == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
-    # random rankings remove the key head with probability n_removed/20: the mean falls
-    assert df.acc_random_mean.iloc[-1] < 0.6 and df.acc_random_std.iloc[5] > 0
+    # removing k of 20 heads at random keeps the key head with probability 1 - k/20, so the
+    # exact mean is 0.25 + 0.75 (1 - k/20); C(20, k) <= 2,000 for k in {0, 2, 18}: exact there
+    exact = df.n_removed.isin([0, 2, 18])
+    assert (df.random_exact == exact).all()
+    expected = 0.25 + 0.75 * (1 - df.n_removed / 20)
+    np.testing.assert_allclose(df.acc_random_mean[exact], expected[exact], atol=1e-12)
+    assert list(df.n_random[exact]) == [1, 190, 190] and (df.n_random[~exact] == 50).all()
+    # 50 draws elsewhere: within 4 binomial standard errors of the exact mean
+    se = 0.75 * np.sqrt((df.n_removed / 20) * (1 - df.n_removed / 20) / 50)
+    assert (np.abs(df.acc_random_mean - expected)[~exact] <= 4 * se[~exact] + 1e-12).all()
+    assert ((df.acc_random_low <= df.acc_random_mean) & (df.acc_random_mean <= df.acc_random_high)).all()
+    assert df.acc_random_std.iloc[5] > 0 and df.acc_random_std.iloc[0] == 0
+
+
+def _additive_evaluate(weights):
+    """Accuracy = 1 - sum of the weights of the removed units (a known function of the set);
+    records every gate pattern it is called with."""
+    w = np.asarray(weights, dtype=float)
+
+    def evaluate(gates):
+        mask = None if gates is None else (gates.heads if gates.heads is not None else gates.ffn)
+        removed = np.zeros(w.shape, bool) if mask is None else mask.numpy() == 0
+        evaluate.calls.append(tuple(np.flatnonzero(removed.ravel())))
+        return float(1.0 - w[removed].sum())
+
+    evaluate.calls = []
+    return evaluate
+
+
+def test_random_band_is_the_exact_mean_over_all_subsets_when_few():
+    # 8 heads at 25%: every one of the C(8, 2) = 28 pairs, mean/std/percentiles by brute force
+    w = np.random.default_rng(3).random((2, 4)) / 8
+    ranking = Scores(np.arange(8.0).reshape(2, 4), metric="head_importance")
+    df = pruning_curve(ranking, _additive_evaluate(w), percents=[0, 25], progress=False)
+    brute = np.array([1.0 - w.ravel()[list(pair)].sum() for pair in itertools.combinations(range(8), 2)])
+    row = df.set_index("percent").loc[25]
+    # float64 sums of the same 28 numbers: 1e-12
+    assert abs(row.acc_random_mean - brute.mean()) < 1e-12
+    assert row.n_removed == 2 and row.n_random == 28 and bool(row.random_exact)
+    assert abs(row.acc_random_std - brute.std()) < 1e-12
+    np.testing.assert_allclose([row.acc_random_low, row.acc_random_high],
+                               np.percentile(brute, [2.5, 97.5]), atol=1e-12)
+    assert row.acc_random_mean == pytest.approx(1.0 - 2 / 8 * w.sum(), abs=1e-12)
+
+
+def test_two_ffns_are_each_removed_by_the_random_baseline():
+    # the old baseline reused seeds 0, 1, 2: with 2 FFNs all three removed the same block
+    ev = _additive_evaluate([0.1, 0.4])
+    df = pruning_curve(Scores(np.array([1.0, 2.0]), metric="ffn_importance"), ev, what="ffn",
+                       percents=[50], progress=False)
+    assert {(0,), (1,)} <= set(ev.calls)
+    assert df.acc_random_mean.item() == pytest.approx(0.75) and df.acc_random_std.item() == pytest.approx(0.15)
+    # drawn rather than enumerated, the 50 draws still remove both blocks
+    ev = _additive_evaluate([0.1, 0.4])
+    df = pruning_curve(Scores(np.array([1.0, 2.0]), metric="ffn_importance"), ev, what="ffn",
+                       percents=[50], exact_limit=0, key="k", progress=False)
+    assert df.n_random.item() == 50 and not df.random_exact.item()
+    assert {(0,), (1,)} <= set(ev.calls)
+
+
+class _KeyedEvaluate:
+    """An evaluator with a ``key`` (as TaskEvaluator has) that records the removed sets."""
+
+    def __init__(self, key):
+        self.key, self.calls = key, []
+        self.w = np.linspace(0.0, 0.05, 20)
+
+    def __call__(self, gates):
+        removed = () if gates is None else tuple(np.flatnonzero(gates.heads.numpy().ravel() == 0))
+        self.calls.append(removed)
+        return float(1.0 - self.w[list(removed)].sum())
+
+
+def test_random_draws_differ_between_curve_keys_and_repeat_for_one_key():
+    ranking = Scores(np.arange(20.0).reshape(4, 5), metric="head_importance")
+    runs = {}
+    for name, key in (("a", {"task": "a"}), ("b", {"task": "b"}), ("a2", {"task": "a"})):
+        ev = _KeyedEvaluate(key)
+        df = pruning_curve(ranking, ev, percents=[50], progress=False)  # C(20, 10) > 2,000: draws
+        runs[name] = (ev.calls, df.acc_random_mean.item())
+    assert runs["a"] == runs["a2"]  # reproducible for the same key
+    assert runs["a"][0] != runs["b"][0]  # another key, other subsets
+    assert len(set(runs["a"][0][2:]) & set(runs["b"][0][2:])) <= 2  # 50 of C(20, 10) = 184,756 each
+    assert len(set(runs["a"][0][2:])) > 45  # independent draws, not one permutation repeated
+    assert df.n_random.item() == 50 and not df.random_exact.item()
+
+
+def test_random_subsets_exact_and_drawn():
+    from headlens.analyses.pruning import random_subsets
+
+    subsets, exact = random_subsets(5, 2, key="x")
+    assert exact and subsets.shape == (10, 2) and len({tuple(s) for s in subsets}) == 10
+    drawn, exact = random_subsets(30, 15, key="x", draws=7)
+    assert not exact and drawn.shape == (7, 15)
+    assert all(len(set(d)) == 15 for d in drawn)
+    np.testing.assert_array_equal(drawn, random_subsets(30, 15, key="x", draws=7)[0])
+    assert not np.array_equal(drawn, random_subsets(30, 15, key="y", draws=7)[0])
+    assert random_subsets(4, 0, key="x")[0].shape == (1, 0)
+    with pytest.raises(HeadlensError, match="random_draws must be an integer >= 1"):
+        random_subsets(30, 15, key="x", draws=0)
 
 
 def test_curve_with_inverted_ranking_collapses_immediately():
@@ -58,6 +158,8 @@ def test_bad_input_and_seeded_random_ranking():
         pruning_curve(Scores(np.ones(3), metric="f"), lambda g: 1.0, what="heads", progress=False)
     with pytest.raises(HeadlensError, match="0..100"):
         pruning_curve(Scores(np.ones((2, 2)), metric="h"), lambda g: 1.0, percents=[150], progress=False)
+    with pytest.raises(HeadlensError, match="random_draws must be an integer >= 1"):
+        pruning_curve(Scores(np.ones((2, 2)), metric="h"), lambda g: 1.0, random_draws=0, progress=False)
     np.testing.assert_array_equal(random_ranking((3, 4), 1), random_ranking((3, 4), 1))
     assert not np.array_equal(random_ranking((3, 4), 1), random_ranking((3, 4), 2))
 
@@ -79,3 +181,30 @@ def test_ffn_oracle_scores_the_accuracy_drop_of_each_removed_ffn():
     s = ffn_oracle(model, evaluate)
     np.testing.assert_allclose(s.values, [0.1, 0.0, 0.5])
     assert s.meta["variant"] == "oracle" and s.meta["base_acc"] == 0.9
+
+
+def test_ffn_pruning_ranks_by_removal_first_and_gradient_second():
+    from types import SimpleNamespace
+
+    from headlens.analyses.pruning import FfnPruning, ffn_pruning
+
+    model = SimpleNamespace(cfg=SimpleNamespace(n_layers=4, model_name="fake"), parameters=lambda: iter([]))
+    # removal hurts FFN 2 most, then 0; the gradient ranking gets it wrong (FFN 2 least important)
+    drops = [0.2, 0.05, 0.5, 0.0]
+    evaluate, oracle_evaluate = _additive_evaluate(drops), _additive_evaluate(drops)
+    gradient = Scores(np.array([3.0, 2.0, 0.0, 1.0]), metric="ffn_importance")
+    res = ffn_pruning(model, evaluate, oracle_evaluate, gradient=gradient, progress=False)
+    np.testing.assert_allclose(res.oracle_ranking.values, drops)
+    assert len(oracle_evaluate.calls) == 5  # unpruned + one per FFN, on the ranking's data
+    assert list(res.oracle.percent) == [0, 25, 50, 75]
+    # oracle: remove 3, then 1, then 0 -> 1, 1, 0.95, 0.75; gradient removes FFN 2 first
+    np.testing.assert_allclose(res.oracle.acc, [1.0, 1.0, 0.95, 0.75])
+    np.testing.assert_allclose(res.gradient.acc, [1.0, 0.5, 0.5, 0.45])
+    rand = ["acc_random_mean", "acc_random_std", "acc_random_low", "acc_random_high", "n_random"]
+    assert res.oracle[rand].equals(res.gradient[rand])  # one baseline for both lines
+    np.testing.assert_allclose(res.oracle.acc_random_mean, 1 - np.array([0, 1, 2, 3]) / 4 * sum(drops))
+    assert list(res.curves()) == ["FFNs, removal oracle", "FFNs, gradient ranking"]
+    back = FfnPruning.from_dict(res.to_dict())
+    assert back.oracle.equals(res.oracle) and back.gradient.equals(res.gradient)
+    with pytest.raises(HeadlensError, match="FFN scores of this model"):
+        ffn_pruning(model, evaluate, oracle_evaluate, gradient=Scores(np.ones(3), metric="f"), progress=False)
