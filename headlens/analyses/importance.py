@@ -15,13 +15,32 @@ Variants:
         each example's gate gradient, averaged over the N examples (Michel et al. 2019).
 FFN importance uses the same two formulas on the FFN gates. ``ffn_oracle`` is the
 reference's oracle: remove one FFN, re-evaluate, score = accuracy drop.
+
+Normalisation (``normalize``), with N_i the tokens of example i (context + gold
+continuation) and C_i its gold continuation tokens:
+    ``mean`` (default): the loss is the gold NLL summed over each example's continuation
+        tokens; ``bansal`` divides every layer by T = sum_i N_i, ``michel`` by the number of
+        examples.
+    ``reference``: what the study's code (amazon-science/llm-interpret,
+        ``calculate_importance`` in ``lm_eval/base.py``) computes, for replication. Its
+        loss is Hugging Face's ``.loss``, the MEAN NLL over the gold tokens of a batch of
+        one example, so example i's gradients carry a factor 1/C_i; it sums |a_t . g_t| over
+        all positions, then divides layers 0 .. L-2 by sum_i (N_i - 1) ("the gradient is
+        calculated over N - 1 tokens") and the last layer by sum_i C_i (in the last layer only
+        the C_i positions that predict a gold token have a gradient):
+        ``I(l,h) = sum_i (1/C_i) sum_t |a_t . g_t| / D_l``, ``D_l = sum_i (N_i - 1)`` for
+        l < L-1, ``D_{L-1} = sum_i C_i``. Only with ``variant="bansal"`` (the reference has
+        no other). The reference scores heads only; the same scaling is applied to the FFN
+        gates here. Its effect: short-continuation examples weigh more, and the last layer is
+        a mean over gold positions while the others are means over all positions (most of
+        which have near-zero gradient), which inflates the last layer relative to the rest.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -35,6 +54,8 @@ from headlens.results.scores import Scores
 Variant = Literal["bansal", "michel"]
 Normalize = Literal["none", "l2_layer", "sum"]
 VARIANTS: tuple[str, ...] = ("bansal", "michel")
+TokenNorm = Literal["mean", "reference"]
+TOKEN_NORMS: tuple[str, ...] = get_args(TokenNorm)
 
 
 @dataclass(frozen=True)
@@ -120,8 +141,17 @@ def gate_gradients(model, tokens: Int[Tensor, "batch pos"], attention_mask: Int[
     return hg.detach(), fg.detach()
 
 
+def _check_norm(normalize: str, variant: str, caller: str) -> None:
+    if normalize not in TOKEN_NORMS:
+        raise HeadlensError(f"{caller}: unknown normalize {normalize!r}; {closest(normalize, TOKEN_NORMS)}")
+    if normalize == "reference" and variant != "bansal":
+        raise HeadlensError(f"{caller}: normalize='reference' replicates the reference's bansal "
+                            f"scores; use it with variant='bansal', not {variant!r}")
+
+
 def head_importance(model, items: Sequence[Any], *, variant: Variant = "bansal", batch_size: int = 8,
-                    progress: bool = True, meta: dict[str, Any] | None = None) -> Importance:
+                    progress: bool = True, meta: dict[str, Any] | None = None,
+                    normalize: TokenNorm = "mean") -> Importance:
     """Head and FFN importance over prepared examples (see the module docstring for formulas).
 
     Args:
@@ -129,18 +159,21 @@ def head_importance(model, items: Sequence[Any], *, variant: Variant = "bansal",
         items: prepared examples with ``context_ids``, ``choice_ids`` and ``gold``
             (see :func:`headlens.prompts.prepare`); only the gold continuation is scored.
         variant: ``bansal`` (|.| per token, / token count) or ``michel`` (|.| per example, / N).
-        batch_size: examples per forward/backward pass.
+        batch_size: examples per forward/backward pass (no effect on the result).
+        normalize: ``mean`` (default) or ``reference`` (the study code's scaling; bansal
+            only); see the module docstring.
         meta: extra metadata stored in the result (task, shots, seed ...).
 
     Returns:
         :class:`Importance` with ``heads`` [n_layers, n_heads] and ``ffn`` [n_layers].
 
     Raises:
-        HeadlensError: no examples, unknown variant, or non-finite gradients (fp16
-            underflow/overflow: rerun with float32 or bfloat16).
+        HeadlensError: no examples, unknown variant or normalisation, or non-finite gradients
+            (fp16 underflow/overflow: rerun with float32 or bfloat16).
     """
     if variant not in VARIANTS:
         raise HeadlensError(f"head_importance: unknown variant {variant!r}; {closest(variant, VARIANTS)}")
+    _check_norm(normalize, variant, "head_importance")
     if len(items) == 0:
         raise HeadlensError("head_importance: no examples to score; check the task, split and --limit")
     from tqdm.auto import tqdm
@@ -148,13 +181,17 @@ def head_importance(model, items: Sequence[Any], *, variant: Variant = "bansal",
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     head_acc = torch.zeros(n_layers, n_heads, dtype=torch.float64)
     ffn_acc = torch.zeros(n_layers, dtype=torch.float64)
-    n_tokens = 0
+    n_tokens = n_gold = 0
     pad_id = _pad_id(model)
     starts = range(0, len(items), batch_size)
     for s in tqdm(starts, desc="importance", disable=not progress, leave=False):
         tokens, attn, target = pack_gold(items[s: s + batch_size], pad_id)
         hg, fg = gate_gradients(model, tokens, attn, target)
         mask = attn.to(hg.device, hg.dtype)
+        gold = target.sum(1)  # C_i: gold continuation tokens of each example
+        if normalize == "reference":  # gradient of each example's MEAN gold NLL: a factor 1/C_i
+            mask = mask / gold.to(mask.device, mask.dtype)[:, None]
+        n_gold += int(gold.sum())
         if variant == "bansal":
             head_acc += (hg.abs() * mask[None, :, :, None]).sum((1, 2)).double().cpu()
             ffn_acc += (fg.abs() * mask[None]).sum((1, 2)).double().cpu()
@@ -162,8 +199,13 @@ def head_importance(model, items: Sequence[Any], *, variant: Variant = "bansal",
             head_acc += (hg * mask[None, :, :, None]).sum(2).abs().sum(1).double().cpu()
             ffn_acc += (fg * mask[None]).sum(2).abs().sum(1).double().cpu()
         n_tokens += int(attn.sum())
-    denom = n_tokens if variant == "bansal" else len(items)
-    heads, ffn = (head_acc / denom).numpy(), (ffn_acc / denom).numpy()
+    if normalize == "reference":  # layers before the last: sum_i (N_i - 1); last: sum_i C_i
+        denom = torch.full((n_layers,), float(n_tokens - len(items)), dtype=torch.float64)
+        denom[-1] = float(n_gold)
+    else:
+        denom = torch.full((n_layers,), float(n_tokens if variant == "bansal" else len(items)),
+                           dtype=torch.float64)
+    heads, ffn = (head_acc / denom[:, None]).numpy(), (ffn_acc / denom).numpy()
     if not (np.isfinite(heads).all() and np.isfinite(ffn).all()):
         dtype = str(next(model.parameters()).dtype).replace("torch.", "")
         raise HeadlensError(
@@ -172,7 +214,8 @@ def head_importance(model, items: Sequence[Any], *, variant: Variant = "bansal",
     from headlens.model.loading import model_info
 
     info = model_info(model)
-    m = {"variant": variant, "n_examples": len(items), "n_tokens": n_tokens, **(meta or {})}
+    m = {"variant": variant, "normalize": normalize, "n_examples": len(items), "n_tokens": n_tokens,
+         **(meta or {})}
     return Importance(heads=Scores(heads, metric="head_importance", model=info.name, meta=m),
                       ffn=Scores(ffn, metric="ffn_importance", model=info.name, meta=m))
 
@@ -254,7 +297,8 @@ def ffn_oracle(model, evaluate: Callable[[Any], float]) -> Scores:
 
 def task_importance(model, task, shots: int, *, limit: int | None = None, seed: int = 0,
                     variant: Variant = "bansal", split: str | None = None, data_dir=None,
-                    batch_size: int = 8, cache=None, progress: bool = True) -> Importance:
+                    batch_size: int = 8, cache=None, progress: bool = True,
+                    normalize: TokenNorm = "mean") -> Importance:
     """Importance of every head and FFN for one task and shot count, cached.
 
     Prompts come from :func:`headlens.prompts.prepare` on the task's importance split (the
@@ -266,6 +310,8 @@ def task_importance(model, task, shots: int, *, limit: int | None = None, seed: 
         limit: number of queries (default: the task's ``importance_limit``, 2,500 in the study).
         cache: a :class:`headlens.cache.ResultCache` (default one under ``$HEADLENS_CACHE``);
             ``False`` disables caching.
+        normalize: ``mean`` (default) or ``reference`` (the study code's scaling, for
+            replication); see the module docstring.
     """
     from headlens.results.cache import ResultCache, cache_key
     from headlens.model.loading import model_info
@@ -277,11 +323,13 @@ def task_importance(model, task, shots: int, *, limit: int | None = None, seed: 
     limit = limit if limit is not None else task.importance_limit
     if variant not in VARIANTS:
         raise HeadlensError(f"task_importance: unknown variant {variant!r}; {closest(variant, VARIANTS)}")
+    _check_norm(normalize, variant, "task_importance")
     cache = ResultCache(enabled=False) if cache is False else (cache or ResultCache())
     info = model_info(model)
     key = cache_key(kind="importance", model=info.to_dict(), dtype=str(next(model.parameters()).dtype),
                     **task.key, shots=shots, seed=seed, limit=limit, variant=variant, split=split,
-                    data_dir=str(data_dir) if data_dir else None)
+                    data_dir=str(data_dir) if data_dir else None,
+                    **({"normalize": normalize} if normalize != "mean" else {}))
 
     def compute():
         prepared = prepare(model, task, shots, split=split, limit=limit, seed=seed, data_dir=data_dir)
@@ -289,6 +337,6 @@ def task_importance(model, task, shots: int, *, limit: int | None = None, seed: 
                 "split": split, "limit": limit, "truncated": prepared.truncated,
                 "skipped": prepared.skipped}
         return head_importance(model, prepared.items, variant=variant, batch_size=batch_size,
-                               progress=progress, meta=meta).to_dict()
+                               progress=progress, meta=meta, normalize=normalize).to_dict()
 
     return Importance.from_dict(cache.get_or_compute("importance", key, compute))

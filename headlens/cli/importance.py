@@ -27,6 +27,10 @@ def importance_cmd(
     shots: str = typer.Option("0", "--shots", "-k", help="Demonstrations per query; a comma list such as 0,1,5."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Queries per task (default: the task's importance_limit)."),
     variant: str = typer.Option("bansal", "--variant", help="bansal (|.| per token) or michel (|.| per example)."),
+    normalize: str = typer.Option("mean", "--normalize",
+                                  help="mean (default: summed gold-token loss; bansal / all tokens, michel / "
+                                       "examples) or reference (the study code: per-example mean loss, layers "
+                                       "before the last / (tokens - 1), the last / gold tokens; bansal only)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the demonstration draw."),
     split: Optional[str] = typer.Option(None, "--split", help="Default: the task's importance split (train)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local data folder (see headlens eval)."),
@@ -39,7 +43,7 @@ def importance_cmd(
 ) -> None:
     """Head and FFN importance by gradient gates (JSON: heads, ffn and the run's metadata)."""
     check_format(fmt)
-    from headlens.analyses.importance import VARIANTS, aggregate, task_importance
+    from headlens.analyses.importance import TOKEN_NORMS, VARIANTS, aggregate, task_importance
     from headlens.results.cache import ResultCache
     from headlens.tasks import get_task
     from headlens.tasks.prompts import check, check_limit
@@ -47,6 +51,11 @@ def importance_cmd(
     check_limit(limit, "--limit")
     if variant not in VARIANTS:
         fail(f"--variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    if normalize not in TOKEN_NORMS:
+        fail(f"--normalize must be one of {', '.join(TOKEN_NORMS)}, got {normalize!r}")
+    if normalize == "reference" and variant != "bansal":
+        fail(f"--normalize reference replicates the reference's bansal scores; use it with "
+             f"--variant bansal, not {variant!r}")
     ks = shot_list(shots)
     tasks = [get_task(n) for n in task_list(task)]
     for t in tasks:
@@ -61,7 +70,7 @@ def importance_cmd(
     for t, k in tqdm(jobs, desc="tasks x shots", disable=len(jobs) == 1 or fmt == "json"):
         imp = task_importance(bridge, t, k, limit=limit, seed=seed, variant=variant, split=split,
                               data_dir=data_dir, batch_size=batch_size, cache=cache,
-                              progress=fmt == "text")
+                              progress=fmt == "text", normalize=normalize)  # type: ignore[arg-type]
         results.append(imp)
         if fmt == "text":
             top = ", ".join(f"L{l}H{h}={v:.3g}" for l, h, v in imp.heads.top(5))
@@ -79,13 +88,13 @@ def importance_cmd(
             aggregate(heads).save(out / "importance")
         save_figure(importance_heatmaps(heads), out, "importance-heads", section="Task importance",
                     caption=f"Head importance ({variant}: gradient of the gold-continuation loss with "
-                            f"respect to per-token head gates) of {model}; one map per task and shot "
-                            f"count (dropdown), each scaled to its maximum; seed {seed}.")
+                            f"respect to per-token head gates; normalisation {normalize}) of {model}; one map "
+                            f"per task and shot count (dropdown), each scaled to its maximum; seed {seed}.")
         if fmt == "text":
             typer.echo(f"wrote {out}")
     if fmt == "json":
         objs = [{"model": model, "task": r.heads.meta["task"], "shots": r.heads.meta["shots"],
-                 "variant": variant, "n_layers": r.heads.n_layers, "n_heads": r.heads.n_heads,
+                 "variant": variant, "normalize": normalize, "n_layers": r.heads.n_layers, "n_heads": r.heads.n_heads,
                  "heads": r.heads.values.tolist(), "ffn": r.ffn.values.tolist(),
                  "meta": r.heads.meta} for r in results]
         print_json(objs[0] if len(objs) == 1 else objs)

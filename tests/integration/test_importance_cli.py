@@ -27,6 +27,20 @@ def test_importance_json_and_out(tiny_dir, tmp_path):
     assert (tmp_path / "out" / "importance-heads.html").is_file()
 
 
+def test_importance_normalize_reference_cli(tiny_dir, tiny_models):
+    args = ["importance", "--model", str(tiny_dir / "gpt2"), "--task", "copa", "--shots", "0", "--limit", "3",
+            "--data-dir", FIXTURES, "--format", "json"]
+    ref = CliRunner().invoke(app, args + ["--normalize", "reference"])
+    assert ref.exit_code == 0, ref.output
+    obj = json.loads(ref.stdout.strip().splitlines()[-1])
+    assert obj["normalize"] == "reference" and obj["meta"]["normalize"] == "reference"
+    direct = task_importance(tiny_models["gpt2"], "copa", 0, limit=3, data_dir=FIXTURES, normalize="reference",
+                             cache=False, progress=False)
+    np.testing.assert_allclose(obj["heads"], direct.heads.values, rtol=1e-5)
+    default = json.loads(CliRunner().invoke(app, args).stdout.strip().splitlines()[-1])
+    assert default["normalize"] == "mean" and not np.allclose(default["heads"], obj["heads"])
+
+
 def test_task_importance_is_cached_and_key_sensitive(tiny_models, tmp_path):
     model = tiny_models["gpt2"]
     cache = ResultCache(tmp_path)
@@ -37,6 +51,8 @@ def test_task_importance_is_cached_and_key_sensitive(tiny_models, tmp_path):
     task_importance(model, "copa", 0, data_dir=FIXTURES, cache=cache, progress=False)
     task_importance(model, "copa", 1, data_dir=FIXTURES, cache=cache, variant="michel", progress=False)
     assert cache.misses == 3
+    task_importance(model, "copa", 1, data_dir=FIXTURES, cache=cache, normalize="reference", progress=False)
+    assert cache.misses == 4
 
 
 def test_prune_json_curve(tiny_dir):

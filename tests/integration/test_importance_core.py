@@ -122,3 +122,60 @@ def test_normalize_and_aggregate():
     np.testing.assert_allclose(agg.values, [[0.5, 0.5]])
     with pytest.raises(HeadlensError):
         normalize(v, "max")  # type: ignore
+
+
+def _reference_scaling_loop(model, items):
+    """The study code's importance, written as its loop: one example at a time, Hugging Face
+    style MEAN NLL over the gold tokens, |z . dL/dz| summed over every position, then layers
+    before the last / sum(N_i - 1) and the last layer / sum(C_i)."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    total = np.zeros((L, H))
+    tot_tokens = eff_tokens = 0
+    for it in items:
+        ctx, cont = list(it.context_ids), list(it.choice_ids[it.gold])
+        toks = torch.tensor([ctx + cont])
+        acts = {}
+
+        def grab(name):
+            def hook(x, hook):
+                acts[name] = x
+                return x
+
+            return hook
+
+        def track(x, hook):
+            return x.detach().requires_grad_(True)
+
+        fwd = [(hooknames.embed(), track)] + [(hooknames.z(l), grab(hooknames.z(l))) for l in range(L)]
+        with torch.enable_grad(), model.hooks(fwd_hooks=fwd):
+            logp = torch.log_softmax(model(toks)[0].double(), -1)
+            # position p predicts token p + 1; the gold tokens sit at len(ctx) .. end
+            nll = [-logp[len(ctx) - 1 + j, tok] for j, tok in enumerate(cont)]
+            loss = torch.stack(nll).mean()
+            names = [hooknames.z(l) for l in range(L)]
+            grads = torch.autograd.grad(loss, [acts[n] for n in names])
+        for layer, (n, g) in enumerate(zip(names, grads)):
+            dot = (acts[n].detach().double() * g.double()).sum(-1)[0]  # [pos, heads]
+            total[layer] += dot.abs().sum(0).numpy()
+        tot_tokens += len(ctx) + len(cont) - 1
+        eff_tokens += len(cont)
+    total[:-1] /= tot_tokens
+    total[-1] /= eff_tokens
+    return total
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_reference_normalisation_equals_the_reference_loop(arch, tiny_models):
+    model = tiny_models[arch]
+    items = _items(model.cfg.d_vocab, n=6, seed=1)
+    expected = _reference_scaling_loop(model, items)
+    got = head_importance(model, items, variant="bansal", normalize="reference", batch_size=4, progress=False)
+    # fp32 forward, batched and padded vs one at a time: 1e-4 relative
+    np.testing.assert_allclose(got.heads.values, expected, rtol=1e-4, atol=1e-8)
+    assert got.heads.meta["normalize"] == "reference"
+    default = head_importance(model, items, variant="bansal", batch_size=4, progress=False)
+    assert not np.allclose(default.heads.values, expected, rtol=1e-2)  # a different definition
+    with pytest.raises(HeadlensError, match="variant='bansal'"):
+        head_importance(model, items, variant="michel", normalize="reference", progress=False)
+    with pytest.raises(HeadlensError, match="did you mean"):
+        head_importance(model, items, normalize="referense", progress=False)  # type: ignore[arg-type]
