@@ -9,10 +9,20 @@ coincide across tasks, across numbers of shots, and with induction heads (Olsson
 2022). Its Spearman matrix correlated ``argsort`` vectors (the head index found at each
 rank) instead of the scores, which destroys the pairing of heads; here the scores are
 correlated directly (scipy ranks them, averaging ties).
+
+Top-k sets break ties in a seeded random order that differs between score sets (seeded by
+``seed``, the set's label and a hash of its values; see :func:`top_order`). Breaking ties by
+head index, the same way in every set, made sets that share one head among otherwise equal
+(e.g. zero) scores look identical (Jaccard 1.0, p = 0.018). When ties straddle the top-k
+boundary the set is not determined by the scores: a :class:`TieWarning` says so and the
+result records how many heads were tied there.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,8 +41,12 @@ __all__ = [
     "Agreement", "Baseline", "OverlapMatrix", "OverlapSummary", "aggregate", "by_shot",
     "by_task", "causal_check", "combined_rank", "head_sets", "overlap_matrix",
     "overlap_summary", "overlap_sweep", "random_baseline", "rank_agreement", "retained_curve",
-    "score_label", "set_overlap", "top_k_set",
+    "score_label", "set_overlap", "TieWarning", "top_k_set", "top_order",
 ]
+
+
+class TieWarning(UserWarning):
+    """Heads with equal scores straddle a top-k boundary: a random tie-break chose among them."""
 
 
 # ------------------------------------------------------------------------- labels, checks
@@ -243,27 +257,67 @@ def random_baseline(n: int, method: Method = "spearman", *, n_samples: int = 100
 
 
 # ------------------------------------------------------------------------- set overlap
-def _resolve_k(n: int, k: int | None, percent: float | None, caller: str) -> int:
+def _resolve_k(n: int, k: int | None, percent: float | None, caller: str, *, minimum: int = 1) -> int:
     if (k is None) == (percent is None):
         raise HeadlensError(f"{caller}: pass exactly one of k= (a count) or percent= (of {n} heads)")
     if percent is not None:
         if not 0 < percent <= 100:
             raise HeadlensError(f"{caller}: percent must be in (0, 100], got {percent}")
         k = max(1, int(round(percent / 100.0 * n)))
-    if not 0 <= int(k) <= n or int(k) != k:
-        raise HeadlensError(f"{caller}: k must be an integer in [0, {n}] (the number of heads), got {k}")
+    if not minimum <= int(k) <= n or int(k) != k:
+        raise HeadlensError(f"{caller}: k must be an integer in [{minimum}, {n}] (the number of heads), "
+                            f"got {k}")
     return int(k)
 
 
-def top_k_set(scores: Scores, k: int | None = None, percent: float | None = None) -> set[Head]:
-    """The k highest-scoring heads as a set of (layer, head); ties go to the earlier head.
+def _tie_rng(scores: Scores, seed: int) -> np.random.Generator:
+    values = np.ascontiguousarray(scores.values, dtype=np.float64)
+    payload = json.dumps([int(seed), score_label(scores), list(values.shape),
+                          hashlib.sha256(values.tobytes()).hexdigest()])
+    return np.random.default_rng(np.random.SeedSequence(int(hashlib.sha256(payload.encode()).hexdigest(), 16)))
 
-    Pass ``k`` (a count) or ``percent`` (of all heads, rounded, at least 1), not both.
+
+def top_order(scores: Scores, *, seed: int = 0) -> np.ndarray:
+    """Flat head indices (l * n_heads + h), highest score first; ties in a seeded random order.
+
+    The tie-break is a uniformly random permutation from a generator seeded by ``seed``, the
+    set's label (:func:`score_label`) and a SHA-256 hash of its values, so two different score
+    sets break their ties independently, and the same set always the same way.
+    """
+    flat = _check_heads([scores], "top_order")[0]
+    perm = _tie_rng(scores, seed).permutation(flat.size)
+    return np.lexsort((perm, -flat))  # sorted by -score, then by the random key
+
+
+def _tied_at(flat: np.ndarray, order: np.ndarray, k: int) -> int:
+    """Heads whose score equals the k-th best when some of them fall outside the top k, else 0."""
+    if not 0 < k < flat.size or flat[order[k - 1]] != flat[order[k]]:
+        return 0
+    return int((flat == flat[order[k - 1]]).sum())
+
+
+def _warn_ties(caller: str, where: Sequence[str], seed: int) -> None:
+    if where:
+        warnings.warn(f"{caller}: equal scores straddle the top-k boundary ({'; '.join(where)}); "
+                      f"a random tie-break (seed {seed}) picked among them, so those heads' membership "
+                      f"is not determined by the scores: choose k where the scores differ, or read "
+                      f"the overlap as uncertain", TieWarning, stacklevel=3)
+
+
+def top_k_set(scores: Scores, k: int | None = None, percent: float | None = None, *,
+              seed: int = 0) -> set[Head]:
+    """The k highest-scoring heads as a set of (layer, head); ties in a seeded random order.
+
+    Pass ``k`` (a count, >= 1) or ``percent`` (of all heads, rounded, at least 1), not both.
+    Ties are broken as in :func:`top_order`; a :class:`TieWarning` is issued when tied heads
+    straddle the boundary (some in the set, some out).
     """
     mat = _check_heads([scores], "top_k_set")[0]
     k = _resolve_k(mat.size, k, percent, "top_k_set")
-    order = np.argsort(-mat, kind="stable")[:k]
-    return _unravel(order, scores.values.shape[1])
+    order = top_order(scores, seed=seed)
+    tied = _tied_at(mat, order, k)
+    _warn_ties("top_k_set", [f"{score_label(scores)}: {tied} heads tie at k={k}"] if tied else [], seed)
+    return _unravel(order[:k], scores.values.shape[1])
 
 
 def combined_rank(a: Scores, b: Scores) -> Scores:
@@ -281,13 +335,14 @@ def combined_rank(a: Scores, b: Scores) -> Scores:
 def head_sets(importance: Scores | None = None, prefix_matching: Scores | None = None,
               copying: Scores | None = None, *, k: int | None = None,
               percent: float | None = None,
-              both: Literal["intersection", "rank"] = "intersection") -> dict[str, set[Head]]:
+              both: Literal["intersection", "rank"] = "intersection",
+              seed: int = 0) -> dict[str, set[Head]]:
     """The study's head sets at one k: ``important``, ``prefix_matching``, ``copying``, ``induction``.
 
     ``induction`` (heads that are induction heads by both measures) is, with
     ``both='intersection'``, top-k(prefix matching) & top-k(copying), which may hold fewer
     than k heads; with ``both='rank'``, the top k of :func:`combined_rank`, always k heads.
-    Sets whose scores are not given are left out.
+    Sets whose scores are not given are left out. Ties: see :func:`top_k_set` (``seed``).
     """
     if both not in ("intersection", "rank"):
         raise HeadlensError(f"head_sets: both must be intersection or rank, got {both!r}")
@@ -295,12 +350,12 @@ def head_sets(importance: Scores | None = None, prefix_matching: Scores | None =
     for name, s in (("important", importance), ("prefix_matching", prefix_matching),
                     ("copying", copying)):
         if s is not None:
-            out[name] = top_k_set(s, k, percent)
+            out[name] = top_k_set(s, k, percent, seed=seed)
     if prefix_matching is not None and copying is not None:
         if both == "intersection":
             out["induction"] = out["prefix_matching"] & out["copying"]
         else:
-            out["induction"] = top_k_set(combined_rank(prefix_matching, copying), k, percent)
+            out["induction"] = top_k_set(combined_rank(prefix_matching, copying), k, percent, seed=seed)
     return out
 
 
@@ -344,10 +399,13 @@ def _default_ks(n: int) -> list[int]:
     return sorted({max(1, int(round(p / 100 * n))) for p in (1, 2, 5, 10, 15, 20, 30, 40, 50)})
 
 
-def overlap_sweep(score_a: Scores, score_b: Scores, ks: Sequence[int] | None = None):
+def overlap_sweep(score_a: Scores, score_b: Scores, ks: Sequence[int] | None = None, *,
+                  seed: int = 0):
     """:func:`set_overlap` of top-k(a) and top-k(b) for each k: one DataFrame row per k.
 
-    Columns: ``k``, ``percent`` (k / N * 100) and every key of :func:`set_overlap`.
+    Columns: ``k``, ``percent`` (k / N * 100), every key of :func:`set_overlap`, and
+    ``ties_a`` / ``ties_b``: heads tied across the top-k boundary of each set (0 when the
+    set is determined by the scores; see :func:`top_order` for the tie-break).
     ``ks`` defaults to 1, 2, 5, 10, 15, 20, 30, 40 and 50% of the heads.
     """
     import pandas as pd
@@ -355,13 +413,16 @@ def overlap_sweep(score_a: Scores, score_b: Scores, ks: Sequence[int] | None = N
     mat = _check_heads([score_a, score_b], "overlap_sweep")
     n, n_heads = mat.shape[1], score_a.values.shape[1]
     ks = _default_ks(n) if ks is None else [_resolve_k(n, int(k), None, "overlap_sweep") for k in ks]
-    order_a = np.argsort(-mat[0], kind="stable")
-    order_b = np.argsort(-mat[1], kind="stable")
+    order_a, order_b = top_order(score_a, seed=seed), top_order(score_b, seed=seed)
     rows = [{"k": k, "percent": 100.0 * k / n,
-             **set_overlap(_unravel(order_a[:k], n_heads), _unravel(order_b[:k], n_heads), n)}
+             **set_overlap(_unravel(order_a[:k], n_heads), _unravel(order_b[:k], n_heads), n),
+             "ties_a": _tied_at(mat[0], order_a, k), "ties_b": _tied_at(mat[1], order_b, k)}
             for k in ks]
     df = pd.DataFrame(rows)
-    df.attrs = {"a": score_label(score_a), "b": score_label(score_b)}
+    df.attrs = {"a": score_label(score_a), "b": score_label(score_b), "seed": seed}
+    where = [f"{df.attrs[side]} at k={', '.join(str(k) for k in df.k[df[f'ties_{side}'] > 0])}"
+             for side in ("a", "b") if (df[f"ties_{side}"] > 0).any()]
+    _warn_ties("overlap_sweep", where, seed)
     return df
 
 
@@ -373,6 +434,9 @@ class OverlapMatrix:
         labels: one per set; k: heads per set; n_total: heads in the model.
         jaccard, intersection, expected_intersection, p_values: [n_sets, n_sets]
             (see :func:`set_overlap`; p-values are one-sided hypergeometric).
+        tied: per set, the heads tied across its top-k boundary (0: the set is determined
+            by the scores; otherwise a seeded random tie-break chose, see :func:`top_order`).
+        seed: the tie-break seed.
     """
 
     labels: tuple[str, ...]
@@ -382,15 +446,21 @@ class OverlapMatrix:
     intersection: np.ndarray
     expected_intersection: np.ndarray
     p_values: np.ndarray
+    tied: tuple[int, ...] = ()
+    seed: int = 0
 
 
 def overlap_matrix(scores: Sequence[Scores], k: int | None = None,
-                   percent: float | None = None) -> OverlapMatrix:
-    """:func:`set_overlap` of the top-k sets of every pair of score sets."""
+                   percent: float | None = None, *, seed: int = 0) -> OverlapMatrix:
+    """:func:`set_overlap` of the top-k sets of every pair of score sets (ties: :func:`top_order`)."""
     mat = _check_heads(scores, "overlap_matrix")
     n = mat.shape[1]
     k = _resolve_k(n, k, percent, "overlap_matrix")
-    top = np.argsort(-mat, axis=1, kind="stable")[:, :k]
+    orders = [top_order(s, seed=seed) for s in scores]
+    tied = tuple(_tied_at(row, order, k) for row, order in zip(mat, orders))
+    labels = _labels(scores)
+    _warn_ties("overlap_matrix", [f"{lab}: {t} heads tie at k={k}" for lab, t in zip(labels, tied) if t], seed)
+    top = np.stack([order[:k] for order in orders])
     member = np.zeros(mat.shape, dtype=np.int64)
     np.put_along_axis(member, top, 1, axis=1)
     inter = member @ member.T
@@ -399,8 +469,8 @@ def overlap_matrix(scores: Sequence[Scores], k: int | None = None,
     expected = np.full(inter.shape, k * k / n)
     pval = stats.hypergeom.sf(inter - 1, n, k, k)
     _readonly(jac, inter, expected, pval)
-    return OverlapMatrix(labels=_labels(scores), k=k, n_total=n, jaccard=jac,
-                         intersection=inter, expected_intersection=expected, p_values=pval)
+    return OverlapMatrix(labels=labels, k=k, n_total=n, jaccard=jac, intersection=inter,
+                         expected_intersection=expected, p_values=pval, tied=tied, seed=seed)
 
 
 # ------------------------------------------------------------------------- retained score
@@ -479,13 +549,14 @@ class OverlapSummary:
 
 
 def overlap_summary(a: Scores, b: Scores, *, k: int | None = None, percent: float | None = None,
-                    fraction: float = 0.5) -> OverlapSummary:
-    """All measures for one pair: rank agreement, top-k overlap, and b retained when pruning by a."""
+                    fraction: float = 0.5, seed: int = 0) -> OverlapSummary:
+    """All measures for one pair: rank agreement, top-k overlap (ties: :func:`top_k_set`), and
+    b retained when pruning by a."""
     sp = rank_agreement([a, b], "spearman")
     kd = rank_agreement([a, b], "kendall")
     n = a.values.size
     kk = _resolve_k(n, k, percent, "overlap_summary")
-    ov = set_overlap(top_k_set(a, kk), top_k_set(b, kk), n)
+    ov = set_overlap(top_k_set(a, kk, seed=seed), top_k_set(b, kk, seed=seed), n)
     ret = retained_curve(a, b, [fraction], n_random=2).iloc[0]
     return OverlapSummary(
         spearman=float(sp.matrix[0, 1]), spearman_p=float(sp.p_values[0, 1]),
@@ -545,7 +616,7 @@ def causal_check(model, task: str, shots: int, induction: Scores, importance: Sc
             f"causal_check: scores have shape {induction.values.shape}, the model has "
             f"({n_layers}, {n_heads}) heads; pass scores computed on this model")
     n = n_layers * n_heads
-    ks = [_resolve_k(n, int(k), None, "causal_check") for k in ks]
+    ks = [_resolve_k(n, int(k), None, "causal_check", minimum=0) for k in ks]
     if n_random < 1:
         raise HeadlensError(f"causal_check: n_random must be >= 1, got {n_random}")
     device = _device(model)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -112,11 +113,57 @@ def test_top_k_set_count_percent_ties():
     vals = np.array([[0.5, 0.9, 0.9], [0.1, 0.7, 0.0]])
     assert ov.top_k_set(S(vals), k=2) == {(0, 1), (0, 2)}
     assert ov.top_k_set(S(vals), percent=50) == {(0, 1), (0, 2), (1, 1)}
-    assert ov.top_k_set(S(np.zeros((2, 3))), k=2) == {(0, 0), (0, 1)}  # ties: earlier head
+    with pytest.warns(ov.TieWarning, match="6 heads tie at k=2"):
+        tied = ov.top_k_set(S(np.zeros((2, 3))), k=2)
+    assert len(tied) == 2
     with pytest.raises(HeadlensError, match="exactly one"):
         ov.top_k_set(S(vals))
     with pytest.raises(HeadlensError, match="k must be"):
         ov.top_k_set(S(vals), k=7)
+    with pytest.raises(HeadlensError, match=r"k must be an integer in \[1, 6\]"):
+        ov.top_k_set(S(vals), k=0)
+    with pytest.raises(HeadlensError, match=r"k must be an integer in \[1, 6\]"):
+        ov.overlap_matrix([S(vals), S(vals)], k=0)  # was a NaN Jaccard matrix
+
+
+def _one_shared_head(task):
+    """8 heads (2 x 4): head L0H1 scores 1, every other head 0."""
+    vals = np.zeros((2, 4))
+    vals[0, 1] = 1.0
+    return S(vals, task=task, shots=0)
+
+
+def test_ties_among_zeros_do_not_make_one_shared_head_a_perfect_overlap():
+    # the reference scenario: one genuinely shared head, zeros elsewhere, top 3 of 8 heads;
+    # breaking ties by head index gave both sets {L0H0, L0H1, L0H2}: Jaccard 1.0, p = 1/C(8,3)
+    a, b = _one_shared_head("a"), _one_shared_head("b")
+    with pytest.warns(ov.TieWarning, match="straddle the top-k boundary"):
+        res = ov.set_overlap(ov.top_k_set(a, 3), ov.top_k_set(b, 3), 8)
+    assert res["jaccard"] < 1.0 and res["p_value"] >= 0.05
+    with pytest.warns(ov.TieWarning):
+        mat = ov.overlap_matrix([a, b], k=3)
+    assert mat.jaccard[0, 1] == res["jaccard"] and mat.tied == (7, 7)
+    with pytest.warns(ov.TieWarning):
+        sweep = ov.overlap_sweep(a, b, ks=[3])
+    assert sweep.jaccard.item() == res["jaccard"] and sweep.ties_a.item() == 7
+    # over seeds the two other heads of each set are independent draws from the 7 tied
+    # heads: intersection - 1 ~ Hypergeometric(7, 2, 2), mean 4/7; 400 seeds, sd 0.61 each
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ov.TieWarning)
+        inter = np.array([len(ov.top_k_set(a, 3, seed=s) & ov.top_k_set(b, 3, seed=s)) for s in range(400)])
+        # the same scores under the same label always break ties the same way
+        assert ov.top_k_set(a, 3, seed=5) == ov.top_k_set(_one_shared_head("a"), 3, seed=5)
+    assert (inter >= 1).all()
+    assert abs((inter - 1).mean() - 4 / 7) < 4 * np.sqrt(stats.hypergeom.var(7, 2, 2) / 400)
+    assert abs((inter == 3).mean() - 1 / 21) < 4 * np.sqrt((1 / 21) * (20 / 21) / 400)
+
+
+def test_no_tie_warning_when_the_boundary_is_clear():
+    vals = np.array([[0.5, 0.9, 0.9], [0.1, 0.7, 0.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ov.TieWarning)
+        assert ov.top_k_set(S(vals), k=2) == {(0, 1), (0, 2)}  # the tie is inside the set
+        assert ov.overlap_matrix([S(vals, task="x"), S(vals, task="y")], k=3).tied == (0, 0)
 
 
 @pytest.mark.parametrize("n,na,nb", [(8, 3, 4), (10, 5, 5), (9, 2, 6)])
