@@ -68,7 +68,7 @@ def save_tiny_figures(model, out: str | Path, *, tasks=("copa", "piqa"), shots=(
     agg = aggregate([imps[(t, shots[-1])].heads for t in tasks])
     agg_ffn = aggregate([imps[(t, shots[-1])].ffn for t in tasks])
     ev = TaskEvaluator(model, tasks[0], shots[-1], limit=4, data_dir=data)
-    curve = pruning_curve(agg, ev, percents=[0, 25, 50, 75], random_seeds=[0, 1, 2], progress=False)
+    curve = pruning_curve(agg, ev, percents=[0, 25, 50, 75], progress=False)
     save_figure(pimp.pruning_curves({"heads": curve}, chance=0.5), out, "prune-heads",
                 caption="pruning curve", section="Pruning", order=40)
     grid = pruning_grid(agg, agg_ffn, ev, head_percents=[0, 50], ffn_percents=[0, 50], progress=False)

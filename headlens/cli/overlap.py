@@ -10,6 +10,7 @@ import typer
 from headlens.cli.common import (
     FormatOpt,
     check_format,
+    fail,
     print_json,
 )
 
@@ -19,19 +20,19 @@ def overlap_cmd(
     top: Optional[int] = typer.Option(None, "--top", "-k",
                                       help="Heads in each top-k set (default: 10% of the heads)."),
     method: str = typer.Option("spearman", "--method", help="spearman or kendall."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random order that breaks ties in top-k sets."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the HTML figures."),
     fmt: str = FormatOpt,
 ) -> None:
     """Compare saved head scores: rank agreement, top-k Jaccard and hypergeometric p-values."""
-    from headlens.analyses.overlap import (
-        overlap_matrix,
-        random_baseline,
-        rank_agreement,
-    )
+    import warnings
+
     from headlens.errors import HeadlensError
     from headlens.results.scores import Scores, load_all
 
     check_format(fmt)
+    if top is not None and top < 1:
+        fail(f"--top must be a number of heads >= 1 (default: 10% of the heads), got {top}")
     scores = []
     for item in results:
         path = Path(item)
@@ -48,19 +49,31 @@ def overlap_cmd(
         raise HeadlensError(f"overlap: needs at least 2 score sets, got {len(scores)}; pass more files")
     n = scores[0].values.size
     k = max(1, round(0.1 * n)) if top is None else top
-    agreement = rank_agreement(scores, method)  # type: ignore[arg-type]
-    sets = overlap_matrix(scores, k=k)
-    baseline = random_baseline(n, method, seed=0) if n >= 3 else None  # type: ignore[arg-type]
-    if out is not None:
-        from headlens.report.overlap import overlap_figures
+    if k > n:
+        fail(f"--top {k} is more than the {n} heads of these scores; pass --top between 1 and {n}")
+    from headlens.analyses.overlap import (
+        TieWarning,
+        overlap_matrix,
+        random_baseline,
+        rank_agreement,
+    )
 
-        overlap_figures(scores, agreement, sets, baseline, out)
+    agreement = rank_agreement(scores, method)  # type: ignore[arg-type]
+    baseline = random_baseline(n, method, seed=0) if n >= 3 else None  # type: ignore[arg-type]
+    with warnings.catch_warnings():  # ties at k are reported below in one line, from sets.tied
+        warnings.simplefilter("ignore", TieWarning)
+        sets = overlap_matrix(scores, k=k, seed=seed)
+        if out is not None:
+            from headlens.report.overlap import overlap_figures
+
+            overlap_figures(scores, agreement, sets, baseline, out)
+    tied = [f"[{i}] ({t} heads tied)" for i, t in enumerate(sets.tied) if t]
     if fmt == "json":
         print_json({"labels": list(agreement.labels), "n_heads": n, "method": method,
                     method: agreement.matrix, f"{method}_p_values": agreement.p_values,
                     "random_baseline": None if baseline is None else
                     {"mean": baseline.mean, "low": baseline.low, "high": baseline.high},
-                    "k": k, "jaccard": sets.jaccard, "intersection": sets.intersection,
+                    "k": k, "seed": seed, "tied": list(sets.tied), "jaccard": sets.jaccard, "intersection": sets.intersection,
                     "expected_intersection": k * k / n, "p_values": sets.p_values,
                     "out": None if out is None else str(out)})
         return
@@ -79,5 +92,8 @@ def overlap_cmd(
         typer.echo(f"{f'[{i}]':>6}" + "".join(f"{j:5.2f}{'*' if p < 0.05 else ' ':<3}"
                                              for j, p in zip(jr, pr)))
     typer.echo("* p < 0.05")
+    if tied:
+        typer.echo(f"note: equal scores straddle the top-{k} boundary in {', '.join(tied)}; a random "
+                   f"tie-break (--seed {seed}) chose among them, so their overlap is uncertain")
     if out is not None:
         typer.echo(f"figures: {out}")

@@ -101,3 +101,14 @@ def test_bad_variant_is_one_line(monkeypatch, capsys):
     assert ex.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--variant" in err[0]
+
+
+@pytest.mark.parametrize("argv,needle", [(["--normalize", "sum"], "mean, reference"),
+                                         (["--normalize", "reference", "--variant", "michel"], "--variant bansal")])
+def test_bad_normalize_is_one_line(argv, needle, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["headlens", "importance", "--task", "copa", *argv])
+    with pytest.raises(SystemExit) as ex:
+        main()
+    assert ex.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--normalize" in err[0] and needle in err[0]
