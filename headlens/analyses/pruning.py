@@ -308,7 +308,8 @@ class FfnPruning:
     Attributes:
         oracle_ranking: accuracy drop when each FFN alone is removed (the reference's
             ranking, Bansal et al. 2023): [n_layers].
-        oracle: pruning curve by ``oracle_ranking`` (the default FFN curve).
+        oracle: pruning curve by ``oracle_ranking`` (the default FFN curve); equal drops
+            are ordered by the gradient ranking when there is one, else by layer index.
         gradient: pruning curve by the gradient-gate FFN importance, or None.
     """
 
@@ -342,7 +343,8 @@ def ffn_pruning(model, evaluate: EvaluateFn, oracle_evaluate: EvaluateFn, *,
     """FFN pruning ranked by removal (the oracle, default) and, as a second line, by gradient.
 
     The oracle ranks FFN l by ``oracle_evaluate(all) - oracle_evaluate(without FFN l)``
-    (n_layers + 1 evaluations; :func:`headlens.analyses.importance.ffn_oracle`); both
+    (n_layers + 1 evaluations; :func:`headlens.analyses.importance.ffn_oracle`), lowest
+    drop removed first, equal drops in the order of ``gradient`` (else by layer); both
     curves are then measured with ``evaluate`` at the same points and against the same
     random subsets (:func:`pruning_curve`).
 
@@ -384,7 +386,13 @@ def ffn_pruning(model, evaluate: EvaluateFn, oracle_evaluate: EvaluateFn, *,
         return pruning_curve(ranking, evaluate, what="ffn", percents=percents, random_draws=random_draws,
                              exact_limit=exact_limit, key=key, progress=progress)
 
-    return FfnPruning(oracle_ranking=oracle, oracle=curve(oracle),
+    by_oracle = oracle
+    if gradient is not None:  # equal drops (common with few queries): the gradient orders them
+        order = np.lexsort((gradient.values, oracle.values))
+        ranks = np.empty(n_layers)
+        ranks[order] = np.arange(n_layers)
+        by_oracle = oracle.with_values(ranks, tie_break="gradient")
+    return FfnPruning(oracle_ranking=oracle, oracle=curve(by_oracle),
                       gradient=None if gradient is None else curve(gradient))
 
 

@@ -208,3 +208,21 @@ def test_ffn_pruning_ranks_by_removal_first_and_gradient_second():
     assert back.oracle.equals(res.oracle) and back.gradient.equals(res.gradient)
     with pytest.raises(HeadlensError, match="FFN scores of this model"):
         ffn_pruning(model, evaluate, oracle_evaluate, gradient=Scores(np.ones(3), metric="f"), progress=False)
+
+
+def test_ffn_pruning_orders_equal_oracle_drops_by_the_gradient():
+    from types import SimpleNamespace
+
+    from headlens.analyses.pruning import ffn_pruning
+
+    model = SimpleNamespace(cfg=SimpleNamespace(n_layers=3, model_name="fake"), parameters=lambda: iter([]))
+    # FFNs 0 and 1 cost nothing alone on the ranking's data (a tie), but FFN 0 matters on
+    # the evaluation queries; the gradient ranks FFN 1 lower, so it goes first
+    oracle_evaluate = _additive_evaluate([0.0, 0.0, 0.3])
+    evaluate = _additive_evaluate([0.2, 0.0, 0.3])
+    gradient = Scores(np.array([0.5, 0.1, 0.9]), metric="ffn_importance")
+    res = ffn_pruning(model, evaluate, oracle_evaluate, gradient=gradient, percents=[0, 33], progress=False)
+    np.testing.assert_allclose(res.oracle_ranking.values, [0.0, 0.0, 0.3])
+    assert res.oracle.acc.tolist() == [1.0, 1.0]
+    alone = ffn_pruning(model, evaluate, oracle_evaluate, percents=[0, 33], progress=False)
+    assert alone.oracle.acc.tolist() == [1.0, 0.8] and alone.gradient is None  # ties by layer index
