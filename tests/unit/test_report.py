@@ -57,3 +57,16 @@ def test_figures_in_one_folder_share_one_plotly_js(tmp_path):
     assert len((tmp_path / "alone" / "f.html").read_text()) > 3_000_000
     with pytest.raises(HeadlensError, match="plotlyjs must be one of beside, embed, got 'cdn'"):
         write_html(head_heatmap(s), tmp_path / "g.html", plotlyjs="cdn")
+
+
+def test_pruning_band_is_the_interval_of_the_random_draws():
+    import pandas as pd
+
+    from headlens.report.importance import pruning_curves
+
+    df = pd.DataFrame({"percent": [0, 50], "acc": [1.0, 0.9], "acc_random_mean": [1.0, 0.6],
+                       "acc_random_std": [0.0, 0.1], "acc_random_low": [1.0, 0.2],
+                       "acc_random_high": [1.0, 0.95], "n_random": [1, 70], "random_exact": [True, True]})
+    band = pruning_curves({"heads": df}).data[0]
+    assert list(band.y) == [1.0, 0.95, 0.2, 1.0]  # high forward, low backward: not mean +/- sd
+    assert "2.5-97.5%" in band.name
