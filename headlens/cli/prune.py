@@ -40,7 +40,7 @@ def prune_cmd(
     dtype: str = DtypeOpt,
     fmt: str = FormatOpt,
 ) -> None:
-    """Accuracy vs % of heads (or FFNs) removed by a ranking, with a random-ranking band."""
+    """Accuracy vs % of heads (or FFNs) removed by a ranking, against removing as many at random."""
     check_format(fmt)
     if what not in ("heads", "ffn", "grid"):
         fail(f"--what must be heads, ffn or grid, got {what!r}")
