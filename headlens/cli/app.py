@@ -46,7 +46,7 @@ app.add_typer(layers_app, name="layers")
 app.command("demo")(runs.demo_cmd)
 app.command("report")(runs.report_cmd)
 app.command("sweep")(runs.sweep_cmd)
-app.command("models")(models.models_cmd)
+app.add_typer(models.app, name="models")
 
 
 def main() -> None:
