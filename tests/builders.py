@@ -39,38 +39,59 @@ def build_tokenizer(folder: str | Path, vocab_size: int = 320):
     return fast
 
 
-def tiny_config(arch: str, vocab_size: int, n_layers: int = 2, n_ctx: int = 128):
-    """A small config of a real architecture: d_model 32, 4 heads (GQA 2 kv heads for llama)."""
+def tiny_config(arch: str, vocab_size: int, n_layers: int | None = None, n_ctx: int = 128, *,
+                layers: int = 2, d_model: int = 32, heads: int = 4, kv_heads: int | None = None,
+                d_mlp: int | None = None, **hf_overrides):
+    """A small config of a real architecture: d_model 32, 4 heads, 2 layers, MLP 2*d_model (GPT-2: 4*).
+
+    Keyword overrides state only what a test varies: ``layers`` (``n_layers`` is the older
+    name), ``d_model``, ``heads``, ``kv_heads`` (grouped-query attention; llama and qwen2 only,
+    default 2 there), ``d_mlp``, ``n_ctx``; any other keyword is passed to the Hugging Face
+    config (e.g. ``scale_attn_by_inverse_layer_idx=True``).
+    """
     from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, OPTConfig, Qwen2Config
 
-    common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, pad_token_id=2)
+    layers = n_layers if n_layers is not None else layers
+    inner = d_mlp if d_mlp is not None else 2 * d_model  # GPT-2's own default (4 d_model) when None
+    if d_model % heads:
+        raise ValueError(f"d_model {d_model} is not divisible by heads {heads}")
+    gqa = arch in ("llama", "qwen2")
+    kv = kv_heads if kv_heads is not None else (min(2, heads) if gqa else heads)
+    if heads % kv or (not gqa and kv != heads):
+        raise ValueError(f"{arch}: kv_heads {kv} must divide heads {heads}"
+                         + ("" if gqa else f" and equal it ({arch} has no grouped-query attention)"))
+    common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, pad_token_id=2, **hf_overrides)
     if arch == "gpt2":
-        return GPT2Config(n_positions=n_ctx, n_embd=32, n_layer=n_layers, n_head=4, **common)
+        return GPT2Config(n_positions=n_ctx, n_embd=d_model, n_layer=layers, n_head=heads, n_inner=d_mlp, **common)
     if arch == "opt":
-        return OPTConfig(hidden_size=32, num_hidden_layers=n_layers, ffn_dim=64, num_attention_heads=4,
-                         max_position_embeddings=n_ctx, word_embed_proj_dim=32, **common)
+        return OPTConfig(hidden_size=d_model, num_hidden_layers=layers, ffn_dim=inner, num_attention_heads=heads,
+                         max_position_embeddings=n_ctx, word_embed_proj_dim=d_model, **common)
     if arch == "neox":
-        return GPTNeoXConfig(hidden_size=32, num_hidden_layers=n_layers, intermediate_size=64,
-                             num_attention_heads=4, max_position_embeddings=n_ctx, rotary_pct=0.25, **common)
+        return GPTNeoXConfig(hidden_size=d_model, num_hidden_layers=layers, intermediate_size=inner,
+                             num_attention_heads=heads, max_position_embeddings=n_ctx, rotary_pct=0.25, **common)
     if arch == "llama":
-        return LlamaConfig(hidden_size=32, num_hidden_layers=n_layers, intermediate_size=64,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=n_ctx, **common)
+        return LlamaConfig(hidden_size=d_model, num_hidden_layers=layers, intermediate_size=inner,
+                           num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=n_ctx, **common)
     if arch == "qwen2":
-        return Qwen2Config(hidden_size=32, num_hidden_layers=n_layers, intermediate_size=64,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=n_ctx, **common)
-    raise ValueError(arch)
+        return Qwen2Config(hidden_size=d_model, num_hidden_layers=layers, intermediate_size=inner,
+                           num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=n_ctx, **common)
+    raise ValueError(f"unknown arch {arch!r}; one of {', '.join(ARCHS)}")
 
 
 ARCHS = ["gpt2", "opt", "neox", "llama", "qwen2"]
 
 
-def build_tiny(arch: str, folder: str | Path, seed: int = 0, n_layers: int = 2) -> Path:
-    """Save a random-weight tiny ``arch`` checkpoint with the local tokenizer into ``folder``."""
+def build_tiny(arch: str, folder: str | Path, seed: int = 0, n_layers: int | None = None, **overrides) -> Path:
+    """Save a random-weight tiny ``arch`` checkpoint with the local tokenizer into ``folder``.
+
+    ``overrides`` go to :func:`tiny_config` (``layers``, ``d_model``, ``heads``, ``kv_heads``,
+    ``d_mlp``, ``n_ctx`` or any Hugging Face config field).
+    """
     from transformers import AutoModelForCausalLM
 
     folder = Path(folder)
     tok = build_tokenizer(folder)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tok), n_layers=n_layers))
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tok), n_layers=n_layers, **overrides))
     model.save_pretrained(str(folder))
     return folder
