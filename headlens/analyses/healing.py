@@ -8,6 +8,10 @@ Dettmers et al., 2023, arXiv:2305.14314) and the trained adapter is merged into 
 full-precision weights; otherwise plain LoRA in the model's dtype. Only LoRA parameters get
 gradients. The merged model is wrapped again as a frozen TransformerBridge.
 
+Training and held-out texts never share a text (duplicates are dropped before the split;
+given ``heldout`` texts are checked). A loss or a weight that becomes NaN or infinite (a
+learning rate far too large) stops healing with an error instead of returning a broken model.
+
 Reference: A. Gromov et al., "The Unreasonable Ineffectiveness of the Deeper Layers",
 arXiv:2403.17887 (2024).
 """
@@ -26,9 +30,9 @@ import torch
 from torch import nn
 
 from headlens.errors import HeadlensError
-from headlens.model.surgery import clean_hf_copy, wrap_hf
+from headlens.model.surgery import clean_hf_copy, inherit_source, wrap_hf
 from headlens.model.lm import nll_sum
-from headlens.tasks.texts import TextSource, batches, load_texts, split_heldout
+from headlens.tasks.texts import TextSource, batches, check_disjoint, load_texts, split_heldout
 
 _FFN = {
     "gpt2": r".*\.mlp\.(c_fc|c_proj)",
@@ -76,7 +80,7 @@ class HealResult:
 
 
 def _hf_loss(hf: nn.Module, tokenizer, texts: Sequence[str], *, batch_size: int, max_len: int,
-             prepend_bos: bool) -> float:
+             prepend_bos: bool, what: str = "held-out") -> float:
     device = next(hf.parameters()).device
     was_training = hf.training
     hf.eval()
@@ -88,7 +92,11 @@ def _hf_loss(hf: nn.Module, tokenizer, texts: Sequence[str], *, batch_size: int,
             total += float(s)
             count += c
     hf.train(was_training)
-    return total / max(count, 1)
+    loss = total / max(count, 1)
+    if not math.isfinite(loss):
+        raise HeadlensError(f"healing: the {what} loss is {loss} (NaN or inf): the model's outputs are "
+                            f"not finite; check the model (load it and run headlens eval) or lower --lr")
+    return loss
 
 
 def _use_4bit(quantize: Literal["auto", "never", "always"]) -> bool:
@@ -118,6 +126,28 @@ def _load_4bit(hf: nn.Module, tokenizer) -> nn.Module:
     return prepare_model_for_kbit_training(q, use_gradient_checkpointing=False)
 
 
+def check_options(*, steps: int, rank: int, lr: float, batch_size: int, max_len: int,
+                  heldout_fraction: float, warmup_steps: int | None) -> None:
+    """Raise one HeadlensError listing every invalid healing option (before any work)."""
+    problems = []
+    if not isinstance(steps, int) or steps < 1:
+        problems.append(f"steps must be an integer >= 1, got {steps!r}")
+    if not isinstance(rank, int) or rank < 1:
+        problems.append(f"rank must be an integer >= 1, got {rank!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        problems.append(f"lr must be a finite number > 0 (e.g. 1e-3), got {lr!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        problems.append(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not isinstance(max_len, int) or max_len < 2:
+        problems.append(f"max_len must be an integer >= 2, got {max_len!r}")
+    if not 0.0 < heldout_fraction < 1.0:
+        problems.append(f"heldout fraction must be in (0, 1), got {heldout_fraction!r}")
+    if warmup_steps is not None and not 0 <= warmup_steps <= steps:
+        problems.append(f"warmup_steps must be in [0, steps], got {warmup_steps!r}")
+    if problems:
+        raise HeadlensError("healing: " + "; ".join(problems))
+
+
 def heal(model, texts: TextSource | Sequence[str], *, heldout: Sequence[str] | None = None,
          heldout_fraction: float = 0.2, steps: int = 100, rank: int = 8, lr: float = 1e-3,
          batch_size: int = 8, warmup_steps: int | None = None, max_len: int = 128, seed: int = 0,
@@ -135,17 +165,22 @@ def heal(model, texts: TextSource | Sequence[str], *, heldout: Sequence[str] | N
         max_len: tokens kept per text (start kept).
         seed: seeds the split, the batch order, LoRA init and dropout.
         quantize: 4-bit base when CUDA and bitsandbytes are present ("auto"), never, or always.
+
+    Raises:
+        HeadlensError: an invalid option (:func:`check_options`), ``heldout`` texts that are
+            also training texts, or a loss or merged weight that is NaN or infinite.
     """
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import get_cosine_schedule_with_warmup
 
-    if steps < 1 or rank < 1:
-        raise HeadlensError(f"healing: steps and rank must be >= 1, got steps={steps}, rank={rank}")
+    check_options(steps=steps, rank=rank, lr=lr, batch_size=batch_size, max_len=max_len,
+                   heldout_fraction=heldout_fraction, warmup_steps=warmup_steps)
     texts = load_texts(list(texts) if isinstance(texts, (list, tuple)) else texts)
     if heldout is None:
         train, held = split_heldout(texts, heldout_fraction, seed=seed)
     else:
         train, held = texts, load_texts(list(heldout))
+        check_disjoint({"training": train, "held-out": held}, what="heal")
     max_len = min(max_len, int(getattr(model.cfg, "n_ctx", max_len)))
     tok = model.tokenizer
     bos = bool(getattr(model.cfg, "default_prepend_bos", True))
@@ -156,8 +191,8 @@ def heal(model, texts: TextSource | Sequence[str], *, heldout: Sequence[str] | N
     for p in base.parameters():
         p.requires_grad_(False)
     loss_kw = dict(tokenizer=tok, batch_size=batch_size, max_len=max_len, prepend_bos=bos)
-    train_before = _hf_loss(base, texts=train, **loss_kw)
-    held_before = _hf_loss(base, texts=held, **loss_kw)
+    train_before = _hf_loss(base, texts=train, what="training (before healing)", **loss_kw)
+    held_before = _hf_loss(base, texts=held, what="held-out (before healing)", **loss_kw)
 
     model_type = base.config.model_type
     lora = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.05, bias="none",
@@ -179,7 +214,7 @@ def heal(model, texts: TextSource | Sequence[str], *, heldout: Sequence[str] | N
     g = torch.Generator().manual_seed(seed)
     order: list[int] = []
     trained.train()
-    for _ in range(steps):
+    for step in range(steps):
         if len(order) < batch_size:
             order += torch.randperm(len(train), generator=g).tolist() * math.ceil(batch_size / len(train))
         chosen, order = order[:batch_size], order[batch_size:]
@@ -187,6 +222,10 @@ def heal(model, texts: TextSource | Sequence[str], *, heldout: Sequence[str] | N
                          prepend_bos=bos, device=device))
         s, c = nll_sum(trained(input_ids=b.tokens, attention_mask=b.mask).logits, b.tokens, b.mask)
         loss = s / max(c, 1)
+        if not bool(torch.isfinite(loss)):
+            raise HeadlensError(f"healing: the training loss became {float(loss.detach())} (NaN or inf) at step "
+                                f"{step + 1} of {steps} with lr={lr:g}; nothing was saved; lower --lr "
+                                f"(e.g. 1e-3)")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -203,8 +242,12 @@ def heal(model, texts: TextSource | Sequence[str], *, heldout: Sequence[str] | N
         merged = trained.merge_and_unload()
     for p in merged.parameters():
         p.requires_grad_(False)
-    train_after = _hf_loss(merged, texts=train, **loss_kw)
-    held_after = _hf_loss(merged, texts=held, **loss_kw)
+    bad = [n for n, p in merged.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise HeadlensError(f"healing: {len(bad)} merged weight tensors hold NaN or inf (e.g. {bad[0]}) "
+                            f"after {steps} steps with lr={lr:g}; nothing was saved; lower --lr")
+    train_after = _hf_loss(merged, texts=train, what="training (after healing)", **loss_kw)
+    held_after = _hf_loss(merged, texts=held, what="held-out (after healing)", **loss_kw)
 
     from headlens.model.loading import model_info
 
@@ -212,6 +255,7 @@ def heal(model, texts: TextSource | Sequence[str], *, heldout: Sequence[str] | N
     bridge = wrap_hf(merged, tok, name=f"{name}-healed",
                      parent_name=getattr(model.cfg, "model_name", name))
     bridge.headlens_removed = getattr(model, "headlens_removed", None)
+    inherit_source(bridge, model)
     return HealResult(model=bridge, train_loss_before=train_before, train_loss_after=train_after,
                       heldout_loss_before=held_before, heldout_loss_after=held_after, steps=steps,
                       rank=rank, quantized=quantized, n_train=len(train), n_heldout=len(held),

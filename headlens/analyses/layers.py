@@ -28,7 +28,7 @@ from headlens.errors import HeadlensError
 from headlens.model import hooknames
 from headlens.model.lm import nll_sum
 from headlens.model.surgery import deepest_block, remove_layers
-from headlens.tasks.texts import TextSource, batches, last_index, load_texts
+from headlens.tasks.texts import TextSource, TextSplits, batches, check_disjoint, last_index, load_texts
 
 
 def _context(model, max_len: int | None) -> int:
@@ -209,21 +209,35 @@ def lm_loss(model, texts: TextSource | Sequence[str], *, batch_size: int = 8,
     return float(total / count)
 
 
-def pruning_curve(model, texts: TextSource | Sequence[str], *, ns: Sequence[int] | None = None,
+def pruning_curve(model, texts: TextSource | Sequence[str] | TextSplits, *, ns: Sequence[int] | None = None,
                   fractions: Sequence[float] | None = None,
                   methods: Sequence[str] = ("similarity", "deepest"), heal: bool = False,
                   heal_texts: TextSource | Sequence[str] | None = None, heal_kwargs: dict | None = None,
                   tasks: Sequence[str] | None = None, shots: int = 0, limit: int | None = None,
                   seed: int = 0, eval_fn: Callable[[object], dict] | None = None,
                   distances: LayerDistances | None = None, batch_size: int = 8,
-                  max_len: int | None = None):
+                  max_len: int | None = None,
+                  calibration_texts: TextSource | Sequence[str] | None = None):
     """Loss (and accuracy per task) vs fraction of layers removed, per method, healed or not.
 
     Returns a DataFrame with columns n, fraction_removed, method, healed, start, loss, and
-    ``acc_<task>`` per task (plus ``eval_fn(model)``'s keys). ``texts`` measure the loss and
-    the distances; healing trains on ``heal_texts`` (required when ``heal``).
+    ``acc_<task>`` per task (plus ``eval_fn(model)``'s keys). ``texts`` measure the loss;
+    the block is chosen on ``calibration_texts`` (or given ``distances``; with neither, on
+    ``texts`` themselves, which lets the evaluation texts pick the block); healing trains on
+    ``heal_texts`` (required when ``heal``). Pass a :class:`~headlens.tasks.texts.TextSplits`
+    (:func:`~headlens.tasks.texts.split_texts`) as ``texts`` to take all three from it.
+
+    Raises:
+        HeadlensError: ``heal_texts`` or ``calibration_texts`` share a text with ``texts``
+            (the loss would be measured on what was trained or calibrated on).
     """
     import pandas as pd
+
+    if isinstance(texts, TextSplits):
+        splits = texts
+        texts = list(splits.eval)
+        calibration_texts = list(splits.calibration) if calibration_texts is None else calibration_texts
+        heal_texts = list(splits.heal) if heal_texts is None else heal_texts
 
     L = model.cfg.n_layers
     unknown = set(methods) - {"similarity", "deepest"}
@@ -240,8 +254,18 @@ def pruning_curve(model, texts: TextSource | Sequence[str], *, ns: Sequence[int]
         raise HeadlensError("pruning_curve: heal=True needs heal_texts (training text, kept apart "
                             "from the evaluation texts)")
     texts = _texts(texts)
+    if heal:
+        heal_texts = _texts(heal_texts)
+        check_disjoint({"evaluation (texts)": texts, "healing (heal_texts)": heal_texts},
+                       what="pruning_curve")
+    if calibration_texts is not None:
+        calibration_texts = _texts(calibration_texts)
+        check_disjoint({"evaluation (texts)": texts, "calibration (calibration_texts)": calibration_texts},
+                       what="pruning_curve")
     if "similarity" in methods and distances is None:
-        distances = layer_distances(model, texts, batch_size=batch_size, max_len=max_len)
+        # without calibration texts the block is chosen on the evaluation texts themselves
+        distances = layer_distances(model, texts if calibration_texts is None else calibration_texts,
+                                    batch_size=batch_size, max_len=max_len)
 
     def measure(m) -> dict:
         row = {"loss": lm_loss(m, texts, batch_size=batch_size, max_len=max_len)}

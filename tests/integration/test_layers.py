@@ -229,9 +229,10 @@ def test_healing_lowers_heldout_loss(tiny_models, monkeypatch):
     from headlens.analyses.healing import heal
 
     model = tiny_models["gpt2"]
-    train = [f"{a} {b}" for a in ("the quick brown fox", "a stitch in time", "question answer")
-             for b in ("jumps over the lazy dog", "saves nine", "true false neither", "yes no")] * 2
     held = ["the quick brown fox saves nine", "question answer jumps over the lazy dog"]
+    train = [f"{a} {b}" for a in ("the quick brown fox", "a stitch in time", "question answer")
+             for b in ("jumps over the lazy dog", "saves nine", "true false neither", "yes no")
+             if f"{a} {b}" not in held] * 2  # held-out texts are never trained on (heal checks it)
     before = lm_loss(model, held)
     result = heal(model, train, heldout=held, steps=12, rank=4, lr=1e-2, batch_size=4, seed=0)
     assert result.heldout_loss_before == pytest.approx(before, abs=1e-5)
