@@ -426,8 +426,8 @@ def resolve_ranking(bridge, source: str, task, shots: int, what: str, *, limit, 
         return imp(task, shots)
     if source == "aggregate":
         group = task.group if task.group in ("study", "offline") else None
-        names = task_names(group) if group else [task.name]
-        return aggregate([imp(get_task(n), shots) for n in names])
+        members = [get_task(n) for n in task_names(group)] if group else [task]  # a task file: itself
+        return aggregate([imp(t, shots) for t in members])
     name, _, k = source.partition(":")
     try:
         k_shots = int(k) if k else shots

@@ -190,11 +190,24 @@ def evaluate(model, task: Task | str, shots: int, *, limit: int | None = None, s
     return evaluate_prepared(model, prepared, gates=gates, batch_size=batch_size, progress=progress)
 
 
+def _check_finite(model, prepared, scores: Sequence[np.ndarray]) -> None:
+    """Raise when any log-probability is NaN or inf: argmax would turn it into a confident answer."""
+    bad = [i for i, lp in enumerate(scores) if not np.isfinite(lp).all()]
+    if bad:
+        info = getattr(model, "headlens_info", None)
+        name = info.name if info is not None else type(model).__name__
+        raise HeadlensError(
+            f"evaluate: {len(bad)} of {len(scores)} {prepared.task.name} examples got NaN or inf "
+            f"log-probabilities from model {name}; its weights or activations are not finite (e.g. a "
+            f"diverged healing run, or float16 overflow: try --dtype float32); no accuracy is reported")
+
+
 def evaluate_prepared(model, prepared, *, gates=None, batch_size: int = 16,
                       progress: bool = False) -> EvalResult:
     """Score already-prepared prompts (:func:`headlens.prompts.prepare`), e.g. many times
     through different gates when pruning; same metrics as :func:`evaluate`."""
     scores = choice_logprobs(model, prepared.items, batch_size=batch_size, gates=gates, progress=progress)
+    _check_finite(model, prepared, scores)
     rows = []
     for item, lp in zip(prepared.items, scores):
         lengths = np.array([max(len(c), 1) for c in item.example.choices], dtype=np.float64)
