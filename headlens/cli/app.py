@@ -49,28 +49,43 @@ app.command("sweep")(runs.sweep_cmd)
 app.add_typer(models.app, name="models")
 
 
+INTERRUPTED = "headlens: interrupted; finished work is cached, run the same command to resume"
+
+
 def main() -> None:
-    """Entry point: run the app, turning HeadlensError into one line and exit status 2."""
+    """Entry point: run the app; HeadlensError -> one line, exit 2; Ctrl-C -> one line, exit 130.
+
+    typer turns KeyboardInterrupt into ``Exit(130)`` (returned as 130 here) and click into
+    ``Abort``; both print :data:`INTERRUPTED`. An OSError that escaped the commands' own
+    checks (disk full, a file removed mid-run) is printed as one line with exit status 2 too.
+    """
     from headlens.errors import HeadlensError
 
     try:
         code = app(standalone_mode=False)  # typer.Exit comes back as a return code here
+        if code == 130:
+            typer.echo(INTERRUPTED, err=True)
         if isinstance(code, int) and code:
             sys.exit(code)
     except HeadlensError as err:
         typer.echo(f"headlens: error: {err}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo("headlens: interrupted; finished work is cached, run the same command to resume",
-                   err=True)
+        typer.echo(INTERRUPTED, err=True)
         sys.exit(130)
     except typer.Exit as ex:
         sys.exit(ex.exit_code)
+    except OSError as err:
+        where = f": {err.filename}" if getattr(err, "filename", None) else ""
+        typer.echo(f"headlens: error: {err.strerror or err}{where}", err=True)
+        sys.exit(2)
     except Exception as err:
         # usage errors from typer's bundled click: print the short usage message, no traceback
         if hasattr(err, "show") and hasattr(err, "exit_code"):
             err.show()
             sys.exit(err.exit_code)
         if type(err).__name__ == "Abort":
+            if isinstance(err.__context__ or err.__cause__, KeyboardInterrupt):
+                typer.echo(INTERRUPTED, err=True)
             sys.exit(130)
         raise

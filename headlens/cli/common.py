@@ -41,6 +41,13 @@ def check_format(fmt: str) -> None:
         fail(f"--format must be text or json, got {fmt!r}")
 
 
+def check_out(path, option: str = "--out"):
+    """Stop now, before any work, when an output folder cannot be written (see results.outputs)."""
+    from headlens.results.outputs import check_out_dir
+
+    return None if path is None else check_out_dir(path, option=option)
+
+
 def load(model: str, device: Optional[str], dtype: str):
     from headlens.model.loading import load_model
 

@@ -13,6 +13,7 @@ from headlens.cli.common import (
     FormatOpt,
     ModelOpt,
     check_format,
+    check_out,
     fail,
     load,
     print_json,
@@ -43,6 +44,7 @@ def importance_cmd(
 ) -> None:
     """Head and FFN importance by gradient gates (JSON: heads, ffn and the run's metadata)."""
     check_format(fmt)
+    check_out(out)
     from headlens.analyses.importance import TOKEN_NORMS, VARIANTS, aggregate, task_importance
     from headlens.results.cache import ResultCache
     from headlens.tasks import get_task

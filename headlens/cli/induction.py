@@ -13,6 +13,7 @@ from headlens.cli.common import (
     FormatOpt,
     ModelOpt,
     check_format,
+    check_out,
     load,
     print_json,
 )
@@ -32,6 +33,7 @@ def induction_cmd(
     """Prefix-matching and copying scores of every head (induction heads score high on both),
     and attention concentration (how much attention goes to one token) beside them."""
     check_format(fmt)
+    check_out(out)
     from headlens.analyses.induction import (
         COPYING_VARIANTS,
         attention_concentration,

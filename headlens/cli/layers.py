@@ -48,6 +48,10 @@ def layers_distances(
 ) -> None:
     """Angular distance d(l, n) between the residual streams entering layers l and l+n; best block per n."""
     check_format(fmt)
+    if html is not None:
+        from headlens.results.outputs import check_out_file
+
+        check_out_file(html, option="--html", example="distances.html")
     from headlens.analyses.layers import layer_distances
 
     texts = _layer_texts(text_file, dataset, n_texts, seed)
@@ -73,7 +77,8 @@ def layers_prune(
     n: int = typer.Option(..., "--n", help="Number of consecutive layers to remove."),
     method: str = typer.Option("similarity", "--method", help="similarity (block l*(n)) or deepest "
                                "(layers L-1-n .. L-2)."),
-    out: Path = typer.Option(..., "--out", help="Folder for the pruned Hugging Face checkpoint."),
+    out: Path = typer.Option(..., "--out", help="Folder for the pruned Hugging Face checkpoint: new, empty, or an "
+                             "earlier headlens checkpoint (replaced whole); never the input model's folder."),
     text_file: Optional[Path] = TextFileOpt,
     dataset: Optional[str] = DatasetOpt,
     n_texts: int = typer.Option(64, "--n-texts"),
@@ -88,10 +93,11 @@ def layers_prune(
     check_format(fmt)
     from headlens.analyses.layers import layer_distances
     from headlens.errors import HeadlensError, closest
-    from headlens.model.surgery import deepest_block, remove_layers, save_model
+    from headlens.model.surgery import check_model_out, deepest_block, remove_layers, save_model
 
     if method not in ("similarity", "deepest"):
         raise HeadlensError(f"--method {method!r} is unknown; {closest(method, ['similarity', 'deepest'])}")
+    check_model_out(out, inputs=[model])
     bridge = load(model, device, dtype)
     L = bridge.cfg.n_layers
     distance = None
@@ -102,7 +108,7 @@ def layers_prune(
         texts = _layer_texts(text_file, dataset, n_texts, seed)
         start, distance = layer_distances(bridge, texts, batch_size=batch_size, max_len=max_len).best(n)
     pruned = remove_layers(bridge, start, n)
-    save_model(pruned, out)
+    save_model(pruned, out, inputs=[model])
     info = {"model": model, "method": method, "n_layers_before": L, "n_layers_after": L - n,
             "removed_layers": list(range(start, start + n)), "distance": distance, "out": str(out)}
     if fmt == "json":
@@ -114,7 +120,7 @@ def layers_prune(
 
 def layers_heal(
     model: str = ModelOpt,
-    out: Path = typer.Option(..., "--out", help="Folder for the healed checkpoint."),
+    out: Path = typer.Option(..., "--out", help="Folder for the healed checkpoint (same rules as layers prune --out)."),
     text_file: Optional[Path] = TextFileOpt,
     dataset: Optional[str] = DatasetOpt,
     n_texts: Optional[int] = typer.Option(None, "--n-texts", help="Texts to use (default: all of the "
@@ -133,17 +139,20 @@ def layers_heal(
 ) -> None:
     """LoRA-heal a (pruned) model on text; print held-out loss before and after; save it."""
     check_format(fmt)
-    from headlens.analyses.healing import heal
+    from headlens.analyses.healing import check_options, heal
     from headlens.errors import HeadlensError, closest
-    from headlens.model.surgery import save_model
+    from headlens.model.surgery import check_model_out, save_model
 
     if quantize not in ("auto", "never", "always"):
         raise HeadlensError(f"--quantize {quantize!r} is unknown; {closest(quantize, ['auto', 'never', 'always'])}")
+    check_options(steps=steps, rank=rank, lr=lr, batch_size=batch_size, max_len=max_len,
+                  heldout_fraction=heldout, warmup_steps=None)
+    check_model_out(out, inputs=[model])
     count = n_texts if n_texts is not None else (None if text_file or dataset else 512)
     texts = _layer_texts(text_file, dataset, count, seed)
     result = heal(load(model, device, dtype), texts, heldout_fraction=heldout, steps=steps, rank=rank,
                   lr=lr, batch_size=batch_size, max_len=max_len, seed=seed, quantize=quantize)  # type: ignore[arg-type]
-    save_model(result.model, out)
+    save_model(result.model, out, inputs=[model])
     if fmt == "json":
         print_json({**result.summary(), "out": str(out)})
         return

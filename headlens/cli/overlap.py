@@ -10,6 +10,7 @@ import typer
 from headlens.cli.common import (
     FormatOpt,
     check_format,
+    check_out,
     fail,
     print_json,
 )
@@ -31,6 +32,7 @@ def overlap_cmd(
     from headlens.results.scores import Scores, load_all
 
     check_format(fmt)
+    check_out(out)
     if top is not None and top < 1:
         fail(f"--top must be a number of heads >= 1 (default: 10% of the heads), got {top}")
     scores = []

@@ -13,6 +13,7 @@ from headlens.cli.common import (
     FormatOpt,
     ModelOpt,
     check_format,
+    check_out,
     fail,
     load,
     print_json,
@@ -42,6 +43,7 @@ def prune_cmd(
 ) -> None:
     """Accuracy vs % of heads (or FFNs) removed by a ranking, against removing as many at random."""
     check_format(fmt)
+    check_out(out)
     if what not in ("heads", "ffn", "grid"):
         fail(f"--what must be heads, ffn or grid, got {what!r}")
     if random_draws < 1:

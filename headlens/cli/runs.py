@@ -13,6 +13,7 @@ from headlens.cli.common import (
     FormatOpt,
     ModelOpt,
     check_format,
+    check_out,
     print_json,
 )
 
@@ -28,6 +29,7 @@ def demo_cmd(
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """The whole study on the shipped model, offline: every figure and one HTML report."""
+    check_out(out)
     from headlens.runs.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(model=model, tasks=tasks, importance_limit=importance_limit, eval_limit=eval_limit,
@@ -44,9 +46,18 @@ def report_cmd(
     title: str = typer.Option("headlens report", "--title"),
 ) -> None:
     """Assemble every figure saved in FOLDER into one self-contained HTML page."""
-    from headlens.report.html import build_report
+    import warnings
 
-    path = build_report(folder, output, title=title)
+    from headlens.report.html import build_report
+    from headlens.results.outputs import check_out_file
+
+    if output is not None or folder.is_dir():  # a missing FOLDER is reported by build_report
+        check_out_file(output if output is not None else folder / "report.html", option="-o")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = build_report(folder, output, title=title)
+    for w in caught:  # e.g. a figure file that could not be read
+        typer.echo(f"headlens: warning: {w.message}", err=True)
     typer.echo(str(path))
 
 

@@ -196,6 +196,10 @@ def load_model(
     except Exception as err:  # huggingface_hub raises its own hierarchy
         if source == "hub" and type(err).__module__.startswith(("huggingface_hub", "requests", "httpx")):
             raise _offline_error(model, err) from err
+        if type(err).__name__ == "SafetensorError" or "failed reading zip archive" in str(err):
+            raise HeadlensError(f"load_model: the weight files of {model!r} cannot be read "
+                                f"({str(err).splitlines()[0]}); they are truncated or corrupt: copy or "
+                                f"save the checkpoint again") from err
         raise
     if bridge.tokenizer is None:
         raise HeadlensError(f"load_model: {model!r} has no tokenizer; add tokenizer files to the folder")

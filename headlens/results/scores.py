@@ -128,12 +128,21 @@ class Scores:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Scores:
+        if not isinstance(d, dict):
+            raise HeadlensError(f"Scores.from_dict: a saved score file holds one JSON object, got "
+                                f"{type(d).__name__}; pass a file written by Scores.save")
         try:
             return cls(values=np.asarray(d["values"], dtype=np.float64), metric=d["metric"],
                        model=d.get("model", ""), meta=d.get("meta", {}),
                        std=None if d.get("std") is None else np.asarray(d["std"], dtype=np.float64))
         except KeyError as err:
             raise HeadlensError(f"Scores.from_dict: missing key {err} in a saved score file") from err
+        except (TypeError, ValueError) as err:  # ragged rows, strings, nested junk
+            if isinstance(err, HeadlensError):
+                raise
+            raise HeadlensError(f"Scores.from_dict: 'values' (or 'std') of a saved score file is not a "
+                                f"rectangular array of numbers ({str(err).splitlines()[0]}); rewrite it "
+                                f"with Scores.save") from err
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write to ``path`` (a ``.json`` file, or a folder that gets ``<metric>.json``)."""
@@ -160,6 +169,8 @@ class Scores:
             return cls.from_dict(json.loads(path.read_text()))
         except json.JSONDecodeError as err:
             raise HeadlensError(f"Scores.load: {path} is not valid JSON ({err})") from err
+        except HeadlensError as err:
+            raise HeadlensError(f"Scores.load: {path}: {err}") from err
 
 
 def load_all(folder: str | os.PathLike) -> list[Scores]:
