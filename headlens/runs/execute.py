@@ -125,7 +125,44 @@ class _Sequential:
         self.queue.clear()
 
 
-def _init_worker(threads: int) -> None:
+def _die_with_parent(parent: int, poll_s: float = 0.5) -> None:
+    """Make this worker process exit as soon as the sweep process ``parent`` is gone.
+
+    A parent killed by SIGKILL runs no clean-up, so the worker watches for itself: on Linux
+    the kernel sends it SIGKILL when its parent dies (``prctl(PR_SET_PDEATHSIG)``), and on
+    every platform a daemon thread polls ``os.getppid()`` (a worker whose parent died is
+    re-parented) and exits the process.
+    """
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # no libc symbol: the polling thread still works
+            pass
+    if os.getppid() != parent:  # died before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="headlens-parent-watch", daemon=True).start()
+
+
+def _init_worker(threads: int, parent: int | None = None) -> None:
+    import signal
+
+    # Ctrl-C reaches the whole process group; the sweep process handles it and stops the
+    # workers, so a worker must not die mid-job with its own traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent is not None:
+        _die_with_parent(parent)
     import torch
 
     torch.set_num_threads(threads)
@@ -147,7 +184,7 @@ class _Pool:
         from concurrent.futures import ProcessPoolExecutor
 
         return ProcessPoolExecutor(max_workers=self.capacity, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.threads,))
+                                   initializer=_init_worker, initargs=(self.threads, os.getpid()))
 
     def submit(self, job: Job) -> None:
         from headlens.runs.sweep import run_job
@@ -174,8 +211,21 @@ class _Pool:
             self.executor = self._make()
         return out
 
+    def pids(self) -> list[int]:
+        """Process ids of the live workers."""
+        return [p.pid for p in list(getattr(self.executor, "_processes", {}).values()) if p.is_alive()]
+
     def close(self, cancel: bool = False) -> None:
-        self.executor.shutdown(wait=not cancel, cancel_futures=cancel)
+        if not cancel:
+            self.executor.shutdown(wait=True)
+            return
+        # interrupted: drop queued jobs and stop the running ones now, not after they finish
+        processes = list(getattr(self.executor, "_processes", {}).values())
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            proc.terminate()
+        for proc in processes:
+            proc.join(timeout=5)
 
 
 def _ray_entry(job: Job, cache_root: str | None) -> dict:
@@ -214,8 +264,12 @@ class _Ray:
                 raise HeadlensError(f"sweep: cannot connect to Ray at {address!r}: {str(err).splitlines()[0]}; "
                                     f"start one with 'ray start --head' or pass --ray-address local") from None
             self.started = True
-        self.remote = ray.remote(max_retries=0)(_ray_entry)
-        cpus = ray.cluster_resources().get("CPU", 1)
+        try:
+            self.remote = ray.remote(max_retries=0)(_ray_entry)
+            cpus = ray.cluster_resources().get("CPU", 1)
+        except BaseException:
+            self.close()
+            raise
         self.capacity = max(1, int(cpus) * 4)  # keep Ray's queue fed without submitting thousands
         self.cache_root = cache_root
         self.refs: dict[Any, Job] = {}
@@ -235,11 +289,15 @@ class _Ray:
         return out
 
     def close(self, cancel: bool = False) -> None:
-        if cancel:
-            for ref in self.refs:
-                self.ray.cancel(ref, force=True)
-        if self.started:
-            self.ray.shutdown()
+        """Cancel what is in flight (when asked) and shut down a Ray instance this sweep started."""
+        try:
+            if cancel:
+                for ref in getattr(self, "refs", {}):
+                    self.ray.cancel(ref, force=True)
+        finally:
+            if self.started:  # a local Ray started here must not outlive the sweep
+                self.started = False
+                self.ray.shutdown()
 
 
 # ----------------------------------------------------------------------------- live table
@@ -330,6 +388,9 @@ def run_sweep(spec: SweepSpec, *, workers: int = 1, ray_address: str | None = No
     backend = backend or ("ray" if ray_address else "local")
     if backend not in ("local", "ray"):
         raise HeadlensError(f"sweep: unknown backend {backend!r}; use local or ray")
+    from headlens.results.outputs import check_out_dir
+
+    check_out_dir(spec.output, option="sweep output:")  # before any job, not after all of them
     root = cache_root if cache_root is not None else spec.cache
     cache = ResultCache(root)
     start = time.perf_counter()
@@ -343,9 +404,53 @@ def run_sweep(spec: SweepSpec, *, workers: int = 1, ray_address: str | None = No
             write_outputs(r.job, hit, only_missing=True)
     pending = [r for r in records if r.status == "pending"]
     runner = None
-    if pending:
-        runner = (_Ray(root, ray_address) if backend == "ray" else
-                  _Pool(root, workers) if workers > 1 else _Sequential(root))
+    with _terminate_as_exit():
+        try:
+            if pending:
+                runner = (_Ray(root, ray_address) if backend == "ray" else
+                          _Pool(root, workers) if workers > 1 else _Sequential(root))
+            _drive(spec, runner, records, pending, by_key, cache, notify, progress)
+        except BaseException:  # Ctrl-C, SIGTERM, a failed write: stop workers, shut Ray down
+            if runner is not None:
+                runner.close(cancel=True)
+            raise
+        if runner is not None:
+            runner.close()
+    report = SweepReport(spec.name, tuple(records), backend if runner is not None else "none (all cached)",
+                         time.perf_counter() - start, spec.output)
+    atomic_write_text(Path(spec.output) / "sweep-summary.json", json.dumps(report.to_dict(), indent=1))
+    return report
+
+
+class _terminate_as_exit:
+    """While a sweep runs in the main thread, SIGTERM raises SystemExit(143) instead of killing
+    the process outright, so the runner is closed: workers stopped, a local Ray shut down."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            def handler(signum, frame):
+                raise SystemExit(128 + signum)
+
+            self.previous = signal.signal(signal.SIGTERM, handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
+
+
+def _drive(spec: SweepSpec, runner, records: list[JobRecord], pending: list[JobRecord],
+           by_key: dict[str, JobRecord], cache, notify: Callable[[JobRecord], None], progress: bool) -> None:
+    """Submit ready jobs, collect results and retry failures until every job is settled."""
+    from headlens.runs.sweep import write_outputs
+
     in_flight = 0
 
     def finish(r: JobRecord, status: str, error: str | None = None) -> None:
@@ -353,52 +458,41 @@ def run_sweep(spec: SweepSpec, *, workers: int = 1, ray_address: str | None = No
         notify(r)
 
     with _Live(spec.name, records, enabled=progress) as live:
-        try:
-            while pending or in_flight:
-                for r in list(pending):  # submit what is ready, model by model (expansion order)
-                    if in_flight >= runner.capacity:
-                        break
-                    deps = [by_key[k] for k in r.job.depends if k in by_key]
-                    if any(d.status == "failed" for d in deps):
-                        pending.remove(r)
-                        finish(r, "failed", "not run: the importance job it ranks by failed")
-                        continue
-                    if all(d.status in ("done", "cached") for d in deps):
-                        pending.remove(r)
-                        r.status, r.attempts = "running", r.attempts + 1
-                        runner.submit(r.job)
-                        in_flight += 1
-                        notify(r)
-                live.refresh()
-                if not in_flight:
-                    for r in pending:  # nothing can start: a dependency was never scheduled
-                        finish(r, "failed", "not run: its dependency could not be scheduled")
-                    pending.clear()
+        while pending or in_flight:
+            for r in list(pending):  # submit what is ready, model by model (expansion order)
+                if in_flight >= runner.capacity:
+                    break
+                deps = [by_key[k] for k in r.job.depends if k in by_key]
+                if any(d.status == "failed" for d in deps):
+                    pending.remove(r)
+                    finish(r, "failed", "not run: the importance job it ranks by failed")
                     continue
-                for job, result, err in runner.wait():
-                    in_flight -= 1
-                    r = by_key[job.key]
-                    if err is None:
-                        if cache.get(job.kind, job.key) is None:
-                            cache.put(job.kind, job.key, result["value"])
-                        write_outputs(job, result["value"], only_missing=True)
-                        r.seconds, r.computed, r.pid = result["seconds"], result["computed"], result["pid"]
-                        r.loaded_model = bool(result.get("loaded_model"))
-                        finish(r, "done")
-                    elif r.attempts <= spec.retries:
-                        r.status, r.error = "pending", _one_line(err)
-                        pending.insert(0, r)
-                        notify(r)
-                    else:
-                        finish(r, "failed", _one_line(err))
-                live.refresh()
-        except BaseException:
-            if runner is not None:
-                runner.close(cancel=True)
-            raise
-    if runner is not None:
-        runner.close()
-    report = SweepReport(spec.name, tuple(records), backend if runner is not None else "none (all cached)",
-                         time.perf_counter() - start, spec.output)
-    atomic_write_text(Path(spec.output) / "sweep-summary.json", json.dumps(report.to_dict(), indent=1))
-    return report
+                if all(d.status in ("done", "cached") for d in deps):
+                    pending.remove(r)
+                    r.status, r.attempts = "running", r.attempts + 1
+                    runner.submit(r.job)
+                    in_flight += 1
+                    notify(r)
+            live.refresh()
+            if not in_flight:
+                for r in pending:  # nothing can start: a dependency was never scheduled
+                    finish(r, "failed", "not run: its dependency could not be scheduled")
+                pending.clear()
+                continue
+            for job, result, err in runner.wait():
+                in_flight -= 1
+                r = by_key[job.key]
+                if err is None:
+                    if cache.get(job.kind, job.key) is None:
+                        cache.put(job.kind, job.key, result["value"])
+                    write_outputs(job, result["value"], only_missing=True)
+                    r.seconds, r.computed, r.pid = result["seconds"], result["computed"], result["pid"]
+                    r.loaded_model = bool(result.get("loaded_model"))
+                    finish(r, "done")
+                elif r.attempts <= spec.retries:
+                    r.status, r.error = "pending", _one_line(err)
+                    pending.insert(0, r)
+                    notify(r)
+                else:
+                    finish(r, "failed", _one_line(err))
+            live.refresh()
