@@ -294,7 +294,7 @@ def test_report_and_a_corrupt_figure(cli_model, copy_task, tmp_path, monkeypatch
 
 
 def test_models_lists_the_shipped_model(monkeypatch, capsys):
-    res = run_main(monkeypatch, capsys, "models")
+    res = run_main(monkeypatch, capsys, "models", "--format", "json")
     assert res.returncode == 0 and res.stderr == ""
-    names = [ln.split("\t")[0] for ln in res.stdout.splitlines()]
-    assert "tiny-icl" in names
+    rows = {r["name"]: r for r in json.loads(res.stdout)}
+    assert rows["tiny-icl"]["present"] is True

@@ -302,6 +302,7 @@ def test_pruning_and_layer_distance_jobs_equal_direct_calls(two_models, tmp_path
 
 
 def test_induction_jobs_equal_direct_calls(two_models, tmp_path):
+    from headlens.analyses import induction
     from headlens.model.loading import load_model
 
     data = {**grid(two_models, tmp_path, "ind"), "models": [two_models["gpt2"]], "tasks": None,
