@@ -5,15 +5,31 @@ harness ``loglikelihood``); the prediction is the argmax (``acc``); ``acc_norm``
 the choice's length in characters. ReCoRD counts the argmax entity right when it is one of
 the answers (exact match); MultiRC counts a question right only when all its answers are.
 
-All choices of an example go through one forward pass: when every choice is a single token
-and the context is shared, one row (the context) scores them all at its last position;
-otherwise each choice is a row ``context + choice[:-1]`` of a right-padded batch (causal
-attention never sees the padding on the right, so no mask is needed). Rows of several
-examples are packed up to ``batch_size`` rows per pass (an example is never split).
+Shared-context scoring (the default for a TransformerBridge): the prompt a query's choices
+share is computed once. Each query becomes ONE packed row ``prefix + r_0 + r_1 + ...``,
+where ``prefix`` is the longest common prefix of the choices' rows ``context_j +
+choice_j[:-1]`` (the whole k-shot context when the context is shared; the demonstrations
+and the common start of the sentence for Winogrande-style per-choice contexts) and ``r_j``
+is the rest of choice j's row. A 4D attention mask lets a token of ``r_j`` see the prefix
+and the earlier tokens of ``r_j`` only, and position ids restart each ``r_j`` where the
+prefix ends, so every scored log-probability is the one a separate row
+``context_j + choice_j`` gives (checked to 1e-4 on GPT-2, OPT, GPT-NeoX, Llama and Qwen2;
+tests/integration/test_shared_context.py). Head and FFN gates act on the packed pass like
+on any other, so pruning curves use it too. Only the scored positions are unembedded
+(``logits_to_keep=1`` plus the final norm's output at the scored positions), so the
+cost of a query is about one forward pass over its context plus its choices' tokens.
+
+The per-choice path (:func:`per_choice_logprobs`: one right-padded row per choice, the
+context recomputed for every choice) is the reference, and the fallback for a plain
+callable or an architecture on which a one-time probe finds the packed pass disagrees.
+Rows of several examples are packed up to ``batch_size`` rows per pass (an example is never
+split).
 """
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -22,10 +38,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from headlens.errors import HeadlensError
+from headlens.model import hooknames
 from headlens.tasks.prompts import PreparedExample, prepare
 from headlens.tasks import Task, get_task
+
+PROBE_ATOL = 1e-4  # packed vs per-choice log-probabilities on the probe (fp32: ~1e-6 seen)
 
 
 def _rows(item: PreparedExample) -> tuple[list[list[int]], list[tuple[int, int, int, int]]]:
@@ -42,16 +63,212 @@ def _rows(item: PreparedExample) -> tuple[list[list[int]], list[tuple[int, int, 
     return rows, targets
 
 
+@dataclass(frozen=True)
+class Packed:
+    """One query as a single packed row: shared prefix, then each choice's remaining tokens.
+
+    Attributes:
+        tokens: packed token ids [n]; positions: position id of each token [n];
+        segment: -1 on the shared prefix, j on choice j's remaining tokens [n];
+        targets: (packed index whose logits predict the token, token, choice) per scored
+            continuation token.
+    """
+
+    tokens: list[int]
+    positions: list[int]
+    segment: list[int]
+    targets: list[tuple[int, int, int]]
+
+
+def pack(item: PreparedExample) -> Packed:
+    """Pack a query's choice rows ``context_j + choice_j[:-1]`` around their common prefix.
+
+    With ``p`` the longest common prefix length of the rows, choice j's token at row index
+    ``q`` is predicted by the logits at ``q`` when ``q < p`` (the prefix, identical in every
+    row) and at ``offset_j + q - p`` otherwise. Positions of ``r_j`` are ``p .. len(row_j)-1``.
+    """
+    rows = [item.context_for(j) + list(c[:-1]) for j, c in enumerate(item.choice_ids)]
+    if any(len(item.context_for(j)) == 0 for j in range(len(rows))):
+        raise HeadlensError("choice_logprobs: an example has an empty context (nothing to predict the "
+                            "first choice token from); prepare it with headlens.tasks.prompts.prepare")
+    p = min(len(r) for r in rows)
+    first = rows[0]
+    for r in rows[1:]:
+        p = next((i for i in range(p) if r[i] != first[i]), p)
+    tokens, positions, segment = list(first[:p]), list(range(p)), [-1] * p
+    targets: list[tuple[int, int, int]] = []
+    for j, (row, cont) in enumerate(zip(rows, item.choice_ids)):
+        offset = len(tokens)
+        tokens.extend(row[p:])
+        positions.extend(range(p, len(row)))
+        segment.extend([j] * (len(row) - p))
+        start = len(item.context_for(j)) - 1
+        for t, tok in enumerate(cont):
+            q = start + t
+            targets.append((q if q < p else offset + q - p, int(tok), j))
+    return Packed(tokens, positions, segment, targets)
+
+
+def packed_mask(segment: Int[Tensor, "batch pos"], dtype: torch.dtype = torch.float32
+                ) -> Float[Tensor, "batch 1 q_pos k_pos"]:
+    """Additive attention mask of packed rows: 0 where key k is visible from query i, the
+    dtype's minimum elsewhere. k is visible iff ``k <= i`` and k is on the shared prefix
+    (segment -1) or on i's own segment. Right padding carries its own segment id, so it
+    sees only the prefix and earlier padding and is never seen.
+
+    Additive, not boolean: attention that defers to Hugging Face's eager kernel (OPT) adds
+    the mask to the scores, so a boolean mask would add 0/1 instead of masking.
+    """
+    n = segment.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=segment.device).tril()
+    visible = causal[None] & ((segment[:, None, :] == -1) | (segment[:, None, :] == segment[:, :, None]))
+    mask = torch.zeros(visible.shape, dtype=dtype, device=segment.device)
+    return mask.masked_fill_(~visible, torch.finfo(dtype).min)[:, None]
+
+
+_PACKING_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _can_pack(model) -> bool:
+    """Whether ``model`` takes the packed pass: a TransformerBridge whose packed log-
+    probabilities match the per-choice ones on a probe (checked once per model)."""
+    if not (hasattr(model, "hooks") and hasattr(model, "cfg")
+            and hooknames.final_out() in getattr(model, "hook_dict", {})):
+        return False
+    if model not in _PACKING_OK:
+        vocab = int(model.cfg.d_vocab)
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, vocab, (14,), generator=g).tolist()
+        probe = [_Probe(ids[:5], [ids[5:8], ids[8:9], ids[9:11]]),
+                 _Probe(ids[:4], [ids[4:6], ids[6:7]], [ids[:4], ids[:2] + ids[11:14]])]
+        try:
+            with torch.no_grad():
+                got = _shared_context_logprobs(model, probe, batch_size=2)
+            want = per_choice_logprobs(model, probe, batch_size=8, progress=False)
+            ok = all(np.allclose(a, b, atol=PROBE_ATOL, rtol=0) for a, b in zip(got, want))
+        except (TypeError, ValueError, RuntimeError, NotImplementedError):  # refuses a 4D mask
+            ok = False
+        if not ok:
+            arch = getattr(model.cfg, "architecture", None) or type(model).__name__
+            warnings.warn(f"choice_logprobs: shared-context scoring does not reproduce per-choice "
+                          f"scores on {arch}; scoring every choice separately (slower, same numbers)",
+                          stacklevel=3)
+        _PACKING_OK[model] = ok
+    return _PACKING_OK[model]
+
+
+@dataclass(frozen=True)
+class _Probe:  # the fields of PreparedExample that packing reads
+    context_ids: list[int]
+    choice_ids: list[list[int]]
+    contexts_ids: list[list[int]] | None = None
+
+    def context_for(self, choice: int) -> list[int]:
+        return self.contexts_ids[choice] if self.contexts_ids is not None else self.context_ids
+
+
+def _batches(lengths: Sequence[int], sizes: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Group item indices, longest first, into passes of at most ``batch_size`` rows."""
+    # longest first: similar lengths share a batch, so little padding is computed
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    filled = batch_size
+    for i in order:
+        if filled + sizes[i] <= batch_size:
+            batches[-1].append(i)
+            filled += sizes[i]
+        else:
+            batches.append([i])
+            filled = sizes[i]
+    return batches
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
+
+
+def _shared_context_logprobs(model, items, *, batch_size: int, progress: bool = False) -> list[np.ndarray]:
+    """Packed scoring (see the module docstring); gates come from the caller's context."""
+    from tqdm.auto import tqdm
+
+    plans = [pack(it) for it in items]
+    batches = _batches([len(p.tokens) for p in plans], [1] * len(plans), batch_size)
+    out: list[np.ndarray] = [np.zeros(len(it.choice_ids)) for it in items]
+    device = _device(model)
+    dtype = next(model.parameters()).dtype
+    captured: dict[str, Tensor] = {}
+
+    def keep(x: Tensor, hook=None) -> Tensor:
+        captured["h"] = x
+        return x
+
+    with model.hooks(fwd_hooks=[(hooknames.final_out(), keep)]):
+        for batch in tqdm(batches, disable=not progress, desc="scoring", unit="batch", leave=False):
+            width = max(len(plans[i].tokens) for i in batch)
+            tokens = torch.zeros(len(batch), width, dtype=torch.long)
+            positions = torch.zeros(len(batch), width, dtype=torch.long)
+            segment = torch.full((len(batch), width), -2, dtype=torch.long)
+            tgt: list[tuple[int, int, int, int]] = []  # (row, packed index, token, choice)
+            for r, i in enumerate(batch):
+                pl = plans[i]
+                n = len(pl.tokens)
+                tokens[r, :n] = torch.tensor(pl.tokens, dtype=torch.long)
+                positions[r, :n] = torch.tensor(pl.positions, dtype=torch.long)
+                segment[r, :n] = torch.tensor(pl.segment, dtype=torch.long)
+                tgt.extend((r, idx, tok, j) for idx, tok, j in pl.targets)
+            if not tgt:
+                continue
+            # logits_to_keep=1: the unembedding runs on one position per row, not all of them
+            model(tokens.to(device), attention_mask=packed_mask(segment.to(device), dtype),
+                  position_ids=positions.to(device), logits_to_keep=1)
+            t = torch.tensor(tgt, dtype=torch.long)
+            t_dev = t.to(captured["h"].device)
+            hidden = captured.pop("h")[t_dev[:, 0], t_dev[:, 1]]
+            # log-softmax only at the scored positions: [n_targets, d_vocab]
+            picked = model.unembed(hidden[None])[0].float().log_softmax(-1)
+            lp = picked.gather(1, t_dev[:, 2:3]).squeeze(1).double().cpu().numpy()
+            row_of, choice_of = t[:, 0].numpy(), t[:, 3].numpy()
+            for r, i in enumerate(batch):
+                mask = row_of == r
+                np.add.at(out[i], choice_of[mask], lp[mask])
+    return out
+
+
 def choice_logprobs(model, items: Sequence[PreparedExample], *, batch_size: int = 16, gates=None,
                     progress: bool = True) -> list[np.ndarray]:
     """Summed continuation log-probabilities, one float64 array [n_choices] per item.
 
+    A TransformerBridge is scored with shared contexts (one packed row per query, see the
+    module docstring); anything else, and an architecture that fails the one-time packing
+    probe, with :func:`per_choice_logprobs`. Both give the same numbers to 1e-4.
+
     Args:
         model: a TransformerBridge (or any callable mapping [batch, pos] tokens to logits).
         items: prepared examples (:func:`headlens.prompts.prepare`).
-        batch_size: rows per forward pass (an example's choices always share one pass).
+        batch_size: rows per forward pass (a query is one packed row; per-choice: an
+            example's choices always share one pass).
         gates: optional :class:`headlens.gates.Gates` applied during the passes.
         progress: show a tqdm bar.
+    """
+    from headlens.model.gates import gated
+
+    if batch_size < 1:
+        raise HeadlensError(f"choice_logprobs: batch_size must be >= 1, got {batch_size}")
+    if not _can_pack(model):
+        return per_choice_logprobs(model, items, batch_size=batch_size, gates=gates, progress=progress)
+    context = gated(model, gates) if gates is not None else nullcontext()
+    with context, torch.no_grad():
+        return _shared_context_logprobs(model, items, batch_size=batch_size, progress=progress)
+
+
+def per_choice_logprobs(model, items: Sequence[PreparedExample], *, batch_size: int = 16, gates=None,
+                        progress: bool = True) -> list[np.ndarray]:
+    """:func:`choice_logprobs` by one right-padded row ``context_j + choice_j[:-1]`` per choice.
+
+    Every choice recomputes its context (about n_choices forward passes over the context
+    per query); when every choice is a single token and the context is shared, one row (the
+    context) scores them all at its last position. Causal attention never sees the padding
+    on the right, so no mask is needed. The reference for the shared-context path.
     """
     from tqdm.auto import tqdm
 
@@ -60,20 +277,9 @@ def choice_logprobs(model, items: Sequence[PreparedExample], *, batch_size: int 
     if batch_size < 1:
         raise HeadlensError(f"choice_logprobs: batch_size must be >= 1, got {batch_size}")
     plans = [_rows(it) for it in items]
-    # longest first: similar lengths share a batch, so little padding is computed
-    order = sorted(range(len(items)), key=lambda i: -max(len(r) for r in plans[i][0]))
-    batches: list[list[int]] = []
-    filled = batch_size
-    for i in order:
-        n_rows = len(plans[i][0])
-        if filled + n_rows <= batch_size:
-            batches[-1].append(i)
-            filled += n_rows
-        else:
-            batches.append([i])
-            filled = n_rows
+    batches = _batches([max(len(r) for r in p[0]) for p in plans], [len(p[0]) for p in plans], batch_size)
     out: list[np.ndarray] = [np.zeros(len(it.choice_ids)) for it in items]
-    device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
+    device = _device(model)
     context = gated(model, gates) if gates is not None else nullcontext()
     with context, torch.no_grad():
         for batch in tqdm(batches, disable=not progress, desc="scoring", unit="batch", leave=False):

@@ -58,3 +58,8 @@ def layer_of(name: str) -> int:
 def final_scale() -> str:
     """The final norm's divisor at each position: [batch, pos, 1]."""
     return "ln_final.hook_scale"
+
+
+def final_out() -> str:
+    """Output of the final norm, the unembedding's input: [batch, pos, d_model]."""
+    return "ln_final.hook_out"
