@@ -195,3 +195,18 @@ def test_plain_callable_uses_per_choice(models):
         return model(tokens)
 
     _assert_same(choice_logprobs(fn, items, progress=False), per_choice_logprobs(model, items, progress=False))
+
+
+def _leaky_mask(seg, dtype=torch.float32):
+    """Every choice on one segment: later choices see the earlier ones."""
+    return packed_mask(torch.where(seg >= 0, 0, seg), dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_probe_catches_a_leaking_mask_in_any_precision(tiny_dir, monkeypatch, dtype):
+    from headlens.model.loading import load_model
+
+    model = load_model(str(tiny_dir / "llama"), device="cpu", dtype=dtype)
+    assert scoring._probe_packing(model)  # bfloat16: layouts round 1e-2 apart, still accepted
+    monkeypatch.setattr(scoring, "packed_mask", _leaky_mask)
+    assert not scoring._probe_packing(model)
