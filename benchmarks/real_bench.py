@@ -14,7 +14,7 @@ What is timed (every count is in tokens of the model's tokenizer):
 - eval: :func:`choice_logprobs` (shared-context scoring, what ``headlens eval`` and the
   pruning curves run) on 5-shot prompts of a few offline tasks (``--limit`` queries each)
   and on the study tasks' fixtures under tests/fixtures/tasks (3-shot: their train splits
-  have 3 documents). tokens = context + every choice's continuation, per query.
+  have 3 documents; fewer where a task's demonstrations must have a given label, WSC). tokens = context + every choice's continuation, per query.
 - item 3 ratio: the same queries through the per-choice path (:func:`per_choice_logprobs`,
   the scoring before shared contexts) and through one plain forward pass over the contexts
   alone (``model(tokens)``, logits at every position: "ctx fwd"; and with
@@ -114,6 +114,7 @@ def main() -> None:
     from headlens.analyses.induction import copying, prefix_matching, sequence_length
     from headlens.analyses.layers import layer_distances
     from headlens.analyses.scoring import choice_logprobs
+    from headlens.errors import HeadlensError
     from headlens.model.loading import load_model
     from headlens.tasks import task_names
     from headlens.tasks.prompts import prepare
@@ -126,7 +127,18 @@ def main() -> None:
           f"vocab {cfg.d_vocab}; loaded in {load_s:.1f} s; torch threads {a.threads}; device {a.device}")
 
     offline = [it for t in OFFLINE_TASKS for it in prepare(model, t, 5, limit=a.limit).items]
-    study = [it for t in task_names("study") for it in prepare(model, t, STUDY_SHOTS, data_dir=FIXTURES).items]
+    study, fewer = [], []
+    for t in task_names("study"):
+        for k in range(STUDY_SHOTS, -1, -1):  # as many shots as the fixture's train split allows
+            try:
+                study += prepare(model, t, k, data_dir=FIXTURES).items
+                break
+            except HeadlensError:
+                continue
+        if k < STUDY_SHOTS:
+            fewer.append(f"{t} {k}-shot")
+    if fewer:
+        print(f"fixtures with fewer than {STUDY_SHOTS} usable demonstrations: {', '.join(fewer)}")
     # warm-up: the one-time packing probe and first-call allocations stay out of the timings
     choice_logprobs(model, offline[:2], progress=False)
     context_forward(model, offline[:2], a.batch)
