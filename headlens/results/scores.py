@@ -160,6 +160,19 @@ class Scores:
                 parts.append(str(self.meta[key]).replace("/", "_").replace(os.sep, "_"))
         return "-".join(parts)
 
+    def run_stem(self) -> str:
+        """:meth:`file_stem` plus seed and model, e.g. ``head_importance-copa-1-bansal-seed0-tiny-icl``,
+        so runs with another seed or model written to one folder never overwrite each other."""
+        seed = self.meta.get("seed")
+        return "-".join([self.file_stem()] + ([f"seed{seed}"] if seed is not None else [])
+                        + ([model_label(self.model)] if self.model else []))
+
+    @property
+    def fingerprint(self) -> str | None:
+        """Content fingerprint of the model these scores were computed on (``meta``), if recorded."""
+        fp = self.meta.get("model_fingerprint")
+        return str(fp) if fp else None
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> Scores:
         path = Path(path)
@@ -171,6 +184,43 @@ class Scores:
             raise HeadlensError(f"Scores.load: {path} is not valid JSON ({err})") from err
         except HeadlensError as err:
             raise HeadlensError(f"Scores.load: {path}: {err}") from err
+
+
+def model_label(name: str) -> str:
+    """A file-name-safe label of a model name: a folder's base name, a hub id with ``__`` for ``/``."""
+    import re
+
+    base = Path(name).name if os.path.isabs(name) or name.startswith((".", "~")) else name
+    return re.sub(r"[^A-Za-z0-9._-]+", "__", base) or "model"
+
+
+def check_same_model(scores: list[Scores], what: str, *, labels: list[str] | None = None,
+                     fingerprint: str | None = None, model: str | None = None,
+                     allow_other_model: bool = False) -> None:
+    """Refuse to mix scores of different models (and, when given, scores of another model
+    than ``fingerprint``/``model``): one-line :class:`HeadlensError` naming both models.
+
+    The identity compared is ``meta["model_fingerprint"]`` (the model's content hash) when
+    both sides carry one, else the model name when both have one; scores with neither are
+    not compared. ``labels`` name the score sets in the message (e.g. their files);
+    ``allow_other_model`` skips the check.
+    """
+    if allow_other_model:
+        return
+    labels = labels or [s.name for s in scores]
+    items = [(s.fingerprint, s.model or None, label) for s, label in zip(scores, labels)]
+    if fingerprint is not None or model is not None:
+        items.insert(0, (fingerprint, model, "the loaded model"))
+    for i in range(1, len(items)):
+        for j in range(i):
+            (fa, na, la), (fb, nb, lb) = items[j], items[i]
+            differ = (fa != fb) if fa and fb else (na != nb) if na and nb else False
+            if differ:
+                ida = f"{na or '?'} [{fa or 'no fingerprint'}]"
+                idb = f"{nb or '?'} [{fb or 'no fingerprint'}]"
+                raise HeadlensError(
+                    f"{what}: {lb} comes from another model ({idb}) than {la} ({ida}); compare scores "
+                    f"of one model, or pass --allow-other-model if that is really meant")
 
 
 def load_all(folder: str | os.PathLike) -> list[Scores]:
@@ -195,6 +245,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; results are ordinary files
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
         os.replace(tmp, path)
@@ -202,6 +253,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _jsonable(obj: Any) -> Any:

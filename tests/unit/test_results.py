@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from headlens.results.cache import ResultCache, cache_key
+from headlens.results.cache import CacheKey, ResultCache
 from headlens.errors import HeadlensError
 from headlens.results.scores import Scores, load_all
 
@@ -36,11 +36,13 @@ def test_layer_scores_and_bad_shape():
 
 def test_cache_key_changes_with_every_part_and_cache_round_trip(tmp_path):
     base = dict(model="m", task="t", shots=1, seed=0)
-    assert cache_key(**base) == cache_key(**dict(base))
+    assert CacheKey.make("kind", **base) == CacheKey.make("kind", **dict(base))
     for k, v in [("model", "n"), ("task", "u"), ("shots", 5), ("seed", 1)]:
-        assert cache_key(**{**base, k: v}) != cache_key(**base)
+        assert CacheKey.make("kind", **{**base, k: v}).digest != CacheKey.make("kind", **base).digest
+    assert CacheKey.make("other", **base).digest != CacheKey.make("kind", **base).digest
     cache = ResultCache(tmp_path)
     calls = []
-    out = cache.get_or_compute("kind", "abc", lambda: calls.append(1) or {"x": 1})
-    again = cache.get_or_compute("kind", "abc", lambda: calls.append(1) or {"x": 2})
+    key = CacheKey.make("kind", **base)
+    out = cache.get_or_compute(key, lambda: calls.append(1) or {"x": 1})
+    again = cache.get_or_compute(key, lambda: calls.append(1) or {"x": 2})
     assert out == again == {"x": 1} and len(calls) == 1
