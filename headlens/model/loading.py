@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -61,13 +60,10 @@ class ModelInfo:
 
 
 def _folder_fingerprint(folder: Path) -> str:
-    """Hash of config.json plus the names, sizes and mtimes of the weight files."""
-    h = hashlib.sha256((folder / "config.json").read_bytes())
-    for f in sorted(folder.iterdir()):
-        if f.suffix in {".safetensors", ".bin", ".pt"}:
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
-    return h.hexdigest()[:16]
+    """Content hash of the folder's config, tokenizer and weight files (no mtimes, no path)."""
+    from headlens.model.fingerprint import folder_fingerprint
+
+    return folder_fingerprint(folder)
 
 
 def resolve(model: str) -> tuple[str, Literal["shipped", "local", "hub", "gguf"]]:
@@ -243,13 +239,10 @@ def model_info(model) -> ModelInfo:
     info = getattr(model, "headlens_info", None)
     if info is not None:
         return info
-    h = hashlib.sha256(json.dumps(
-        {k: str(v) for k, v in sorted(vars(model.cfg).items())}, sort_keys=True).encode())
-    with torch.no_grad():
-        for p in list(model.parameters())[:8]:
-            h.update(f"{float(p.float().sum()):.6e}".encode())
+    from headlens.model.fingerprint import bridge_fingerprint
+
     return ModelInfo(name=getattr(model.cfg, "model_name", "in-memory"), source="memory",
-                     revision=None, fingerprint=h.hexdigest()[:16])
+                     revision=None, fingerprint=bridge_fingerprint(model))
 
 
 class _gc_paused:

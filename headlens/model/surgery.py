@@ -151,14 +151,11 @@ def wrap_hf(hf: nn.Module, tokenizer, *, name: str, parent_name: str = "model"):
     bridge.eval()
     for p in bridge.parameters():
         p.requires_grad_(False)
-    import hashlib
+    from headlens.model.fingerprint import param_fingerprint
 
-    h = hashlib.sha256(json.dumps(hf.config.to_dict(), sort_keys=True, default=str).encode())
-    with torch.no_grad():
-        for p in list(hf.parameters())[:8]:
-            h.update(f"{float(p.float().sum()):.6e}".encode())
+    # every parameter's bytes: two healings that differ only in FFN weights differ here
     bridge.headlens_info = ModelInfo(name=name, source="memory", revision=None,
-                                     fingerprint=h.hexdigest()[:16])
+                                     fingerprint=param_fingerprint(hf, hf.config.to_dict()))
     return bridge
 
 
