@@ -187,7 +187,7 @@ def _check_labels(task, examples: list[Example], split: str, where: str) -> None
 def load_examples(task, split: str, data_dir: str | Path | None, seed: int = 0) -> list[Example]:
     """Examples of one split (cached in memory per task source, split, data_dir and seed)."""
     key = (task.name, task.version, json.dumps(task.source, sort_keys=True, default=str), task.processor,
-           json.dumps(task.template, sort_keys=True), split, str(data_dir), seed)
+           json.dumps(task.template, sort_keys=True), split, str(data_dir), seed, _stamp(task, split, data_dir))
     if key in _CACHE:
         return _CACHE[key]
     kind = task.source["kind"]
@@ -213,3 +213,67 @@ def load_examples(task, split: str, data_dir: str | Path | None, seed: int = 0) 
     _check_labels(task, examples, split, where)
     _CACHE[key] = examples
     return examples
+
+
+# ----------------------------------------------------------------------------- content fingerprint
+
+
+def data_file(task, split: str, data_dir: str | Path | None) -> Path | None:
+    """The local file :func:`load_examples` reads for ``split`` (None: hub or generator)."""
+    kind = task.source["kind"]
+    if kind == "python":
+        return None
+    if kind == "examples":
+        return Path(task.source["path"]).expanduser()
+    local = find_local_file(task, split, data_dir) if data_dir is not None else None
+    if local is None and kind == "files":
+        local = find_local_file(task, split, task.source["path"])
+    return local
+
+
+def _stamp(task, split: str, data_dir) -> tuple | None:
+    """(size, mtime) of the file behind a split, so an edited file is read again in-process."""
+    try:
+        path = data_file(task, split, data_dir)
+        st = path.stat() if path is not None else None
+    except (OSError, KeyError):
+        return None
+    return None if st is None else (str(path), st.st_size, st.st_mtime_ns)
+
+
+# Task fields that do not change a prompt or a score (documentation, bookkeeping, and the
+# default query limit, which enters keys resolved, as an option)
+_NOT_CONTENT = ("origin", "description", "group", "importance_limit")
+
+
+def data_fingerprint(task, splits, data_dir: str | Path | None = None) -> dict:
+    """What a result computed on ``task``'s ``splits`` depends on, by content, never by path.
+
+    Returns:
+        ``{"task": name, "version": v, "definition": hash of the task's definition
+        (template, processor, separator, splits, metric, source minus any path),
+        "data": {split: sha256 of the file's bytes | "hub:<path>/<name>" | "generated"}}``.
+        A hub split read through ``datasets`` is identified by the source in ``definition``
+        (hub id, config, revision); a generator by its function and arguments.
+    """
+    from dataclasses import fields
+
+    from headlens.results.cache import digest, file_digest
+
+    definition = {f.name: getattr(task, f.name) for f in fields(task) if f.name not in _NOT_CONTENT}
+    source = dict(task.source)
+    if source.get("kind") in ("files", "examples"):
+        source.pop("path", None)
+    definition["source"] = source
+    data = {}
+    for split in sorted(set(splits)):
+        path = data_file(task, split, data_dir)
+        if path is not None and path.is_file():
+            data[split] = file_digest(path)
+        elif source.get("kind") == "python":
+            data[split] = "generated"
+        elif source.get("kind") == "hub":
+            data[split] = f"hub:{source.get('path')}/{source.get('name')}"
+        else:
+            data[split] = "missing"
+    return {"task": task.name, "version": task.version, "definition": digest(definition), "data": data}
