@@ -53,9 +53,13 @@ from headlens.results.scores import Scores
 
 Variant = Literal["bansal", "michel"]
 Normalize = Literal["none", "l2_layer", "sum"]
-VARIANTS: tuple[str, ...] = ("bansal", "michel")
+VARIANTS: tuple[str, ...] = get_args(Variant)
 TokenNorm = Literal["mean", "reference"]
 TOKEN_NORMS: tuple[str, ...] = get_args(TokenNorm)
+
+# Version of the importance definition; part of every cache key. Bump it when what is
+# computed changes (formula, normalisation, prompts), so old cached maps become stale.
+VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -215,7 +219,7 @@ def head_importance(model, items: Sequence[Any], *, variant: Variant = "bansal",
 
     info = model_info(model)
     m = {"variant": variant, "normalize": normalize, "n_examples": len(items), "n_tokens": n_tokens,
-         **(meta or {})}
+         "model_fingerprint": info.fingerprint, **(meta or {})}
     return Importance(heads=Scores(heads, metric="head_importance", model=info.name, meta=m),
                       ffn=Scores(ffn, metric="ffn_importance", model=info.name, meta=m))
 
@@ -265,12 +269,14 @@ def aggregate(scores: Sequence[Scores], normalize_by: Normalize = "sum") -> Scor
     metrics = {s.metric for s in scores}
     models = {s.model for s in scores}
     variants = {s.meta.get("variant") for s in scores}
+    fingerprints = {s.fingerprint for s in scores}
     labels = [str(s.meta.get("task", s.name)) + (f"/{s.meta['shots']}-shot" if s.meta.get("shots") is not None else "")
               if s.meta.get("task") is not None else s.name for s in scores]
     return Scores(normed.mean(axis=0), metric=metrics.pop() if len(metrics) == 1 else "aggregate",
                   model=models.pop() if len(models) == 1 else "",
                   meta={"task": "aggregate", "aggregate_of": labels, "normalize": normalize_by,
-                        "variant": variants.pop() if len(variants) == 1 else None},
+                        "variant": variants.pop() if len(variants) == 1 else None,
+                        "model_fingerprint": fingerprints.pop() if len(fingerprints) == 1 else None},
                   std=normed.std(axis=0))
 
 
@@ -291,14 +297,105 @@ def ffn_oracle(model, evaluate: Callable[[Any], float]) -> Scores:
         g = torch.ones(n_layers)
         g[layer] = 0.0
         drops[layer] = base - float(evaluate(Gates(ffn=g)))
-    return Scores(drops, metric="ffn_importance", model=model_info(model).name,
-                  meta={"variant": "oracle", "base_acc": base})
+    info = model_info(model)
+    return Scores(drops, metric="ffn_importance", model=info.name,
+                  meta={"variant": "oracle", "base_acc": base, "model_fingerprint": info.fingerprint})
 
 
-def task_importance(model, task, shots: int, *, limit: int | None = None, seed: int = 0,
-                    variant: Variant = "bansal", split: str | None = None, data_dir=None,
-                    batch_size: int = 8, cache=None, progress: bool = True,
-                    normalize: TokenNorm = "mean") -> Importance:
+@dataclass(frozen=True)
+class ImportanceOptions:
+    """How importance is measured for one task and shot count; validated once, here.
+
+    Attributes:
+        variant: ``bansal`` (|.| per token, / tokens) or ``michel`` (|.| per example, / N).
+        limit: queries (the first ``limit`` of the split); None: the task's ``importance_limit``.
+        seed: seed of the demonstration draw.
+        split: None: the task's ``importance_split`` (train).
+        batch_size: examples per forward/backward pass. Execution only: it does not change
+            the result, so it is not part of the cache key.
+        normalize: ``mean`` (default) or ``reference`` (the study code's scaling, bansal only).
+    """
+
+    variant: Variant = "bansal"
+    limit: int | None = None
+    seed: int = 0
+    split: str | None = None
+    batch_size: int = 8
+    normalize: TokenNorm = "mean"
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise HeadlensError(f"importance: unknown variant {self.variant!r}; {closest(str(self.variant), VARIANTS)}")
+        _check_norm(str(self.normalize), self.variant, "importance")
+        if self.limit is not None and (not _is_int(self.limit) or self.limit < 1):
+            raise HeadlensError(f"importance: limit must be an integer >= 1 or None (the task's own), got {self.limit!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise HeadlensError(f"importance: seed must be an integer >= 0, got {self.seed!r}")
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise HeadlensError(f"importance: batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if self.split is not None and (not isinstance(self.split, str) or not self.split):
+            raise HeadlensError(f"importance: split must be a split name or None, got {self.split!r}")
+
+    def resolved(self, task) -> dict[str, Any]:
+        """The options that define the result, defaults filled in from ``task``."""
+        return {"variant": self.variant, "seed": self.seed, "normalize": self.normalize,
+                "limit": self.limit if self.limit is not None else task.importance_limit,
+                "split": self.split or task.importance_split}
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def importance_key(model, task, shots: int, options: ImportanceOptions | None = None, *,
+                   data_dir=None):
+    """The cache key of :func:`task_importance`: the one used by the CLI, demo, sweep and notebooks.
+
+    Built from the model's content fingerprint and dtype, the content of the task's data
+    (query split, plus the train split when ``shots > 0``; file bytes, never a path: see
+    :func:`headlens.tasks.sources.data_fingerprint`), ``shots``, the resolved options,
+    :data:`VERSION` and the headlens version.
+
+    Args:
+        model: a bridge, or a :class:`~headlens.results.cache.ModelKey` (sweeps key jobs
+            before loading the model).
+    """
+    from headlens.model.fingerprint import model_key
+    from headlens.results.cache import CacheKey
+    from headlens.tasks import get_task
+    from headlens.tasks.sources import data_fingerprint
+
+    options = options or ImportanceOptions()
+    if not _is_int(shots) or shots < 0:
+        raise HeadlensError(f"importance: shots must be an integer >= 0, got {shots!r}")
+    task = get_task(task)
+    mk = model_key(model)
+    opts = options.resolved(task)
+    splits = {opts["split"]} | ({task.train_split} if shots else set())
+    return CacheKey.make("importance", shape=mk.shape, model=mk.part(),
+                         data=data_fingerprint(task, splits, data_dir), shots=int(shots), options=opts,
+                         version=VERSION)
+
+
+def valid_importance(value: Any, key) -> bool:
+    """A cached importance entry: heads [n_layers, n_heads] and FFNs [n_layers], finite, of the key's model."""
+    from headlens.results.cache import valid_scores
+
+    if not isinstance(value, dict):
+        return False
+    heads, ffn = value.get("heads"), value.get("ffn")
+    fp = key.parts.get("model", {}).get("fingerprint")
+    shape = key.shape
+    if not (valid_scores(heads, shape, fp) and valid_scores(ffn, None if shape is None else shape[:1], fp)):
+        return False
+    h, f = np.shape(heads["values"]), np.shape(ffn["values"])
+    return len(h) == 2 and len(f) == 1 and h[0] == f[0]
+
+
+def task_importance(model, task, shots: int, *, options: ImportanceOptions | None = None,
+                    limit: int | None = None, seed: int = 0, variant: Variant = "bansal",
+                    split: str | None = None, data_dir=None, batch_size: int = 8, cache=None,
+                    progress: bool = True, normalize: TokenNorm = "mean") -> Importance:
     """Importance of every head and FFN for one task and shot count, cached.
 
     Prompts come from :func:`headlens.prompts.prepare` on the task's importance split (the
@@ -307,36 +404,41 @@ def task_importance(model, task, shots: int, *, limit: int | None = None, seed: 
 
     Args:
         model: a TransformerBridge; task: registry name, task file or Task; shots: k.
+        options: :class:`ImportanceOptions`; when given, ``limit``, ``seed``, ``variant``,
+            ``split``, ``batch_size`` and ``normalize`` are ignored (they build the options otherwise).
         limit: number of queries (default: the task's ``importance_limit``, 2,500 in the study).
-        cache: a :class:`headlens.cache.ResultCache` (default one under ``$HEADLENS_CACHE``);
-            ``False`` disables caching.
+        cache: a :class:`headlens.results.cache.ResultCache` (default one under
+            ``$HEADLENS_CACHE``); ``False`` disables caching. The key is :func:`importance_key`;
+            a cached entry of the wrong shape, non-finite, or of another model is recomputed.
         normalize: ``mean`` (default) or ``reference`` (the study code's scaling, for
             replication); see the module docstring.
+
+    Returns:
+        :class:`Importance`; both score sets carry ``meta["model_fingerprint"]`` and
+        ``meta["cache_key"]`` (the entry's digest, which pruning curves use to name their ranking).
     """
-    from headlens.results.cache import ResultCache, cache_key
-    from headlens.model.loading import model_info
+    from headlens.results.cache import ResultCache, array_digest
     from headlens.tasks.prompts import prepare
     from headlens.tasks import get_task
 
+    if options is None:
+        options = ImportanceOptions(variant=variant, limit=limit, seed=seed, split=split, batch_size=batch_size,
+                                    normalize=normalize)
     task = get_task(task)
-    split = split or task.importance_split
-    limit = limit if limit is not None else task.importance_limit
-    if variant not in VARIANTS:
-        raise HeadlensError(f"task_importance: unknown variant {variant!r}; {closest(variant, VARIANTS)}")
-    _check_norm(normalize, variant, "task_importance")
     cache = ResultCache(enabled=False) if cache is False else (cache or ResultCache())
-    info = model_info(model)
-    key = cache_key(kind="importance", model=info.to_dict(), dtype=str(next(model.parameters()).dtype),
-                    **task.key, shots=shots, seed=seed, limit=limit, variant=variant, split=split,
-                    data_dir=str(data_dir) if data_dir else None,
-                    **({"normalize": normalize} if normalize != "mean" else {}))
+    key = importance_key(model, task, shots, options, data_dir=data_dir)
+    opts = options.resolved(task)
 
     def compute():
-        prepared = prepare(model, task, shots, split=split, limit=limit, seed=seed, data_dir=data_dir)
-        meta = {"task": task.name, "task_version": task.version, "shots": shots, "seed": seed,
-                "split": split, "limit": limit, "truncated": prepared.truncated,
-                "skipped": prepared.skipped}
-        return head_importance(model, prepared.items, variant=variant, batch_size=batch_size,
-                               progress=progress, meta=meta, normalize=normalize).to_dict()
+        prepared = prepare(model, task, shots, split=opts["split"], limit=opts["limit"], seed=options.seed,
+                           data_dir=data_dir)
+        meta = {"task": task.name, "task_version": task.version, "shots": shots, "seed": options.seed,
+                "split": opts["split"], "limit": opts["limit"], "truncated": prepared.truncated,
+                "skipped": prepared.skipped, "cache_key": key.digest}
+        out = head_importance(model, prepared.items, variant=options.variant, batch_size=options.batch_size,
+                              progress=progress, meta=meta, normalize=options.normalize).to_dict()
+        for part in ("heads", "ffn"):  # lets a ranking prove it is this entry's, unmodified
+            out[part]["meta"]["values_digest"] = array_digest(out[part]["values"])
+        return out
 
-    return Importance.from_dict(cache.get_or_compute("importance", key, compute))
+    return Importance.from_dict(cache.get_or_compute(key, compute, validate=valid_importance))

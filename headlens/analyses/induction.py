@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
@@ -299,8 +300,9 @@ def _aggregate(per_seed: list[Tensor], metric: str, model, meta: dict) -> Scores
 
     stack = torch.stack(per_seed).double()
     std = stack.std(0, unbiased=True) if len(per_seed) > 1 else torch.zeros_like(stack[0])
-    meta = {**meta, "variance": (std ** 2).tolist()}
-    return Scores(values=stack.mean(0).cpu().numpy(), metric=metric, model=model_info(model).name,
+    info = model_info(model)
+    meta = {**meta, "variance": (std ** 2).tolist(), "model_fingerprint": info.fingerprint}
+    return Scores(values=stack.mean(0).cpu().numpy(), metric=metric, model=info.name,
                   meta=meta, std=std.cpu().numpy())
 
 
@@ -768,8 +770,9 @@ def copying(
 
     if variant == "eigen":
         vals = eigen_scores(model)
-        return Scores(values=vals.numpy(), metric="copying", model=model_info(model).name,
-                      meta={"variant": "eigen", "seeds": None})
+        info = model_info(model)
+        return Scores(values=vals.numpy(), metric="copying", model=info.name,
+                      meta={"variant": "eigen", "seeds": None, "model_fingerprint": info.fingerprint})
     seeds = _seeds(seeds)
     _check_lengths(model, seeds, 4, "copying")
     meta: dict = {"variant": variant, "seeds": seeds, "exclude_frac": exclude_frac, "bos": bos}
@@ -784,3 +787,99 @@ def copying(
     per_seed = [run(model, seed, exclude_frac=exclude_frac, bos=bos, chunk_size=chunk_size)
                 for seed in _progress(seeds, progress, f"copying ({variant})")]
     return _aggregate(per_seed, "copying", model, meta)
+
+
+# ----------------------------------------------------------------------------- caching
+Score = Literal["prefix_matching", "attention_concentration", "copying"]
+SCORES: tuple[str, ...] = get_args(Score)
+
+
+@dataclass(frozen=True)
+class InductionOptions:
+    """How induction scores are measured; validated once, here.
+
+    Attributes:
+        seeds: number of seeds (0..N-1) or the seeds themselves.
+        exclude_frac: share of the most and of the least frequent tokens never sampled.
+        bos: prefix a BOS token when the tokenizer has one.
+        n_repeats: copies of S for prefix matching and attention concentration.
+    """
+
+    seeds: int | tuple[int, ...] = DEFAULT_SEEDS
+    exclude_frac: float = 0.04
+    bos: bool = True
+    n_repeats: int = 4
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seeds, bool) or (isinstance(self.seeds, int) and self.seeds < 1):
+            raise HeadlensError(f"induction: seeds must be >= 1 (or a list of seeds >= 0), got {self.seeds!r}")
+        object.__setattr__(self, "seeds", tuple(_seeds(self.seeds)))
+        if not 0 <= float(self.exclude_frac) < 0.5:
+            raise HeadlensError(f"induction: exclude_frac must be in [0, 0.5), got {self.exclude_frac}")
+        if isinstance(self.n_repeats, bool) or not isinstance(self.n_repeats, int) or self.n_repeats < 2:
+            raise HeadlensError(f"induction: n_repeats must be an integer >= 2, got {self.n_repeats!r}")
+
+
+def induction_key(model, score: Score, variant: CopyingVariant | None = None,
+                  options: InductionOptions | None = None):
+    """The cache key of :func:`induction_scores` (CLI, demo, sweep and notebooks alike).
+
+    Built from the model's content fingerprint and dtype (which covers its tokenizer, the
+    source of the random sequences), the score and copying variant, the options,
+    :data:`VERSION` and the headlens version.
+    """
+    from headlens.model.fingerprint import model_key
+    from headlens.results.cache import CacheKey
+
+    options = options or InductionOptions()
+    if score not in SCORES:
+        raise HeadlensError(f"induction: unknown score {score!r}; {closest(str(score), SCORES)}")
+    if score == "copying" and variant not in COPYING_VARIANTS:
+        raise HeadlensError(f"induction: unknown copying variant {variant!r}; {closest(str(variant), COPYING_VARIANTS)}")
+    mk = model_key(model)
+    opts: dict = {"exclude_frac": float(options.exclude_frac), "bos": bool(options.bos)}
+    if score in ("prefix_matching", "attention_concentration"):
+        variant = None
+        opts.update(seeds=list(options.seeds), n_repeats=options.n_repeats)
+    elif variant != "eigen":  # eigen is weights only: no seeds, no sequences
+        opts.update(seeds=list(options.seeds))
+    else:
+        opts = {}
+    return CacheKey.make("induction", shape=mk.shape, model=mk.part(), score=score, variant=variant,
+                         options=opts, version=VERSION)
+
+
+def valid_induction(value, key) -> bool:
+    """A cached score set of [n_layers, n_heads], finite, of the key's model."""
+    from headlens.results.cache import valid_scores
+
+    fp = key.parts.get("model", {}).get("fingerprint")
+    return valid_scores(value, key.shape, fp) and np.ndim(value["values"]) == 2
+
+
+def induction_scores(model, score: Score, variant: CopyingVariant | None = None,
+                     options: InductionOptions | None = None, *, cache=None, progress: bool = False) -> Scores:
+    """:func:`prefix_matching`, :func:`attention_concentration` or :func:`copying` (``variant``),
+    stored in the result cache.
+
+    Args:
+        cache: a :class:`headlens.results.cache.ResultCache` (default one under
+            ``$HEADLENS_CACHE``); ``False`` disables caching. The key is :func:`induction_key`.
+    """
+    from headlens.results.cache import ResultCache
+
+    options = options or InductionOptions()
+    key = induction_key(model, score, variant, options)
+    cache = ResultCache(enabled=False) if cache is False else (cache or ResultCache())
+
+    def compute():
+        if score in ("prefix_matching", "attention_concentration"):
+            fn = prefix_matching if score == "prefix_matching" else attention_concentration
+            out = fn(model, options.seeds, n_repeats=options.n_repeats, exclude_frac=options.exclude_frac,
+                     bos=options.bos, progress=progress)
+        else:
+            out = copying(model, variant, options.seeds, exclude_frac=options.exclude_frac, bos=options.bos,
+                          progress=progress)
+        return out.to_dict()
+
+    return Scores.from_dict(cache.get_or_compute(key, compute, validate=valid_induction))

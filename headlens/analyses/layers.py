@@ -28,7 +28,19 @@ from headlens.errors import HeadlensError
 from headlens.model import hooknames
 from headlens.model.lm import nll_sum
 from headlens.model.surgery import deepest_block, remove_layers
-from headlens.tasks.texts import TextSource, TextSplits, batches, check_disjoint, last_index, load_texts
+from headlens.tasks.texts import (
+    DatasetTexts,
+    TextSource,
+    TextSplits,
+    batches,
+    check_disjoint,
+    last_index,
+    load_texts,
+)
+
+# Version of the layer-distance definition; part of every cache key. Bump it when what
+# d(l, n) computes changes, so cached distances become stale.
+VERSION = 1
 
 
 def _context(model, max_len: int | None) -> int:
@@ -119,6 +131,16 @@ class LayerDistances:
             "meta": self.meta,
         }
 
+    def to_cache(self) -> dict:
+        """:meth:`to_dict` plus ``pairwise`` (what :meth:`from_cache` needs to rebuild it)."""
+        return {**self.to_dict(), "pairwise": self.pairwise.tolist()}
+
+    @classmethod
+    def from_cache(cls, d: dict) -> LayerDistances:
+        return cls(pairwise=torch.tensor(d["pairwise"], dtype=torch.float32), n_samples=int(d["n_samples"]),
+                   n_truncated=int(d["n_truncated"]), max_len=int(d["max_len"]), model=str(d["model"]),
+                   meta=dict(d.get("meta") or {}))
+
     def to_frame(self):
         """Long DataFrame: one row per (n, l) with its distance and whether l = l*(n)."""
         import pandas as pd
@@ -183,6 +205,98 @@ def layer_distances(model, texts: TextSource | Sequence[str], *, batch_size: int
     return LayerDistances(pairwise=(total / len(texts)).float(), n_samples=len(texts),
                           n_truncated=truncated, max_len=max_len, model=info.name,
                           meta={"fingerprint": info.fingerprint})
+
+
+# ----------------------------------------------------------------------------- caching
+
+
+@dataclass(frozen=True)
+class DistancesOptions:
+    """How layer distances are measured; validated once, here.
+
+    Attributes:
+        n_texts: the first N texts of the source (None: all of them; the embedded corpus: 64).
+        seed: seed of the embedded corpus (other sources ignore it).
+        max_len: tokens kept per text (start kept); None: the model's context.
+        batch_size: texts per forward pass. Execution only: not part of the cache key.
+    """
+
+    n_texts: int | None = 64
+    seed: int = 0
+    max_len: int | None = None
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        for name, low, optional in (("n_texts", 1, True), ("seed", 0, False), ("max_len", 2, True),
+                                    ("batch_size", 1, False)):
+            v = getattr(self, name)
+            if (v is None and optional) or (isinstance(v, int) and not isinstance(v, bool) and v >= low):
+                continue
+            raise HeadlensError(f"layer distances: {name} must be an integer >= {low}"
+                                f"{' or None' if optional else ''}, got {v!r}")
+
+
+def texts_ref(source: TextSource | Sequence[str], n: int | None, seed: int = 0) -> dict:
+    """How a text source enters a key: a hash of the texts themselves (files, the embedded
+    corpus, lists), or the data set's name, config, split, column and count."""
+    from headlens.results.cache import digest
+
+    if isinstance(source, DatasetTexts):
+        return {"dataset": [source.name, source.config, source.split, source.column], "n": n}
+    texts = _texts(source) if isinstance(source, (list, tuple)) else load_texts(source, n, seed=seed)
+    return {"texts": digest(texts[:n] if n is not None else texts), "n": len(texts[:n] if n is not None else texts)}
+
+
+def distances_key(model, source: TextSource | Sequence[str], options: DistancesOptions | None = None):
+    """The cache key of :func:`cached_layer_distances` (CLI, demo, sweep and notebooks alike).
+
+    Built from the model's content fingerprint and dtype, the texts' content
+    (:func:`texts_ref`), ``max_len``, :data:`VERSION` and the headlens version.
+    """
+    from headlens.model.fingerprint import model_key
+    from headlens.results.cache import CacheKey
+
+    options = options or DistancesOptions()
+    mk = model_key(model)
+    return CacheKey.make("layer_distances", shape=mk.shape, model=mk.part(),
+                         texts=texts_ref(source, options.n_texts, options.seed), max_len=options.max_len,
+                         version=VERSION)
+
+
+def valid_distances(value, key) -> bool:
+    """A cached entry: [L+1, L+1] finite pairwise distances in [0, 1] for the key's L layers."""
+    from headlens.results.cache import finite_array
+
+    pairwise = value.get("pairwise") if isinstance(value, dict) else None
+    shape = None if key.shape is None else (key.shape[0] + 1, key.shape[0] + 1)
+    if not finite_array(pairwise, shape) or not all(isinstance(value.get(k), int) for k in ("n_samples", "max_len")):
+        return False
+    arr = torch.tensor(pairwise, dtype=torch.float64)
+    return arr.ndim == 2 and arr.shape[0] == arr.shape[1] and bool(((arr >= 0) & (arr <= 1)).all())
+
+
+def cached_layer_distances(model, source: TextSource | Sequence[str] = None,
+                           options: DistancesOptions | None = None, *, cache=None) -> LayerDistances:
+    """:func:`layer_distances` on the first ``options.n_texts`` texts of ``source``, cached.
+
+    Args:
+        source: list of strings, text file, :class:`~headlens.tasks.texts.DatasetTexts`, or
+            None for the embedded corpus.
+        cache: a :class:`headlens.results.cache.ResultCache` (default one under
+            ``$HEADLENS_CACHE``); ``False`` disables caching. The key is :func:`distances_key`.
+    """
+    from headlens.results.cache import ResultCache
+
+    options = options or DistancesOptions()
+    key = distances_key(model, source, options)
+    cache = ResultCache(enabled=False) if cache is False else (cache or ResultCache())
+
+    def compute():
+        texts = (_texts(source)[: options.n_texts] if isinstance(source, (list, tuple))
+                 else load_texts(source, options.n_texts, seed=options.seed))
+        return layer_distances(model, texts, batch_size=options.batch_size, max_len=options.max_len).to_cache()
+
+    return LayerDistances.from_cache(cache.get_or_compute(key, compute, validate=valid_distances))
 
 
 # ----------------------------------------------------------------------------- loss and curves

@@ -24,16 +24,17 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
 
-from headlens.errors import HeadlensError
+from headlens.errors import HeadlensError, closest
 from headlens.model.gates import Gates, mask_lowest
 from headlens.results.scores import Scores
 
 What = Literal["heads", "ffn"]
+WHAT: tuple[str, ...] = get_args(What)
 EvaluateFn = Callable[[Gates | None], float]
 PERCENTS: tuple[int, ...] = tuple(range(0, 100, 10))
 RANDOM_DRAWS = 50
@@ -236,7 +237,7 @@ class TaskEvaluator:
         from headlens.tasks import get_task
 
         self.model, self.task, self.shots, self.metric = model, get_task(task), shots, metric
-        self.batch_size = batch_size
+        self.batch_size, self.limit, self.seed, self.data_dir = batch_size, limit, seed, data_dir
         self.prepared = prepare(model, self.task, shots, split=split, limit=limit, seed=seed,
                                 data_dir=data_dir)
         if not self.prepared.items:
@@ -247,11 +248,20 @@ class TaskEvaluator:
 
     @property
     def key(self) -> dict:
-        from headlens.model.loading import model_info
+        """What these queries are, by content (model weights and dtype, data files, shots, seed,
+        split, count, metric): seeds the random baseline of every curve on this evaluator."""
+        from headlens.model.fingerprint import model_key
+        from headlens.tasks.sources import data_fingerprint
 
         p = self.prepared
-        return {"model": model_info(self.model).to_dict(), **self.task.key, "shots": self.shots,
-                "seed": p.seed, "split": p.split, "n": len(p.items), "metric": self.metric}
+        splits = {p.split} | ({self.task.train_split} if self.shots else set())
+        return {"model": model_key(self.model).part(), "data": data_fingerprint(self.task, splits, self.data_dir),
+                "shots": self.shots, "seed": p.seed, "split": p.split, "n": len(p.items), "metric": self.metric}
+
+    def curve_key(self, ranking: Scores, options: CurveOptions):
+        """:func:`curve_key` of a curve of this evaluator's task, shots, split, queries and seed."""
+        return curve_key(self.model, self.task, self.shots, ranking, options, limit=self.limit, seed=self.seed,
+                         split=self.prepared.split, metric=self.metric, data_dir=self.data_dir)
 
     def __call__(self, gates: Gates | None) -> float:
         from headlens.analyses.scoring import evaluate_prepared
@@ -265,25 +275,140 @@ class TaskEvaluator:
         return self._memo[memo_key]
 
 
+@dataclass(frozen=True)
+class CurveOptions:
+    """What one pruning curve contains; validated once, here.
+
+    Attributes:
+        what: ``heads`` or ``ffn``.
+        percents: the points (0..100) where the lowest-ranked p% are removed.
+        random_draws: random subsets per point when C(n, k) > ``exact_limit``.
+        exact_limit: evaluate every k-subset when there are at most this many.
+    """
+
+    what: What = "heads"
+    percents: tuple[float, ...] = PERCENTS
+    random_draws: int = RANDOM_DRAWS
+    exact_limit: int = EXACT_LIMIT
+
+    def __post_init__(self) -> None:
+        if self.what not in WHAT:
+            raise HeadlensError(f"pruning: what must be one of {', '.join(WHAT)}, got {self.what!r}; "
+                                f"{closest(str(self.what), WHAT)}")
+        object.__setattr__(self, "percents", tuple(_check_percents(self.percents)))
+        if not self.percents:
+            raise HeadlensError("pruning: percents is empty; give at least one point in 0..100")
+        object.__setattr__(self, "random_draws", _check_draws(self.random_draws, "pruning"))
+        if isinstance(self.exact_limit, bool) or not isinstance(self.exact_limit, (int, np.integer)) \
+                or self.exact_limit < 0:
+            raise HeadlensError(f"pruning: exact_limit must be an integer >= 0, got {self.exact_limit!r}")
+
+
+def ranking_ref(ranking: Scores) -> dict[str, Any]:
+    """How a ranking enters a curve's key: the importance entry it came from, or its values.
+
+    A ranking straight from :func:`headlens.analyses.importance.task_importance` (or its
+    saved file) carries that entry's digest (``meta["cache_key"]``) and a hash of its values;
+    when the values still match, the curve is keyed on the entry, so a sweep can name the
+    curve before the ranking exists. Any other ranking (aggregates, oracles, edited or
+    foreign files) is keyed on a hash of its values.
+    """
+    from headlens.results.cache import array_digest
+
+    values = array_digest(ranking.values)
+    source = ranking.meta.get("cache_key")
+    if source and ranking.meta.get("values_digest") == values:
+        return importance_ref(str(source), ranking.metric)
+    return {"values": values, "metric": ranking.metric}
+
+
+def importance_ref(importance_digest: str, metric: str) -> dict[str, Any]:
+    """The ranking reference of the heads (``head_importance``) or FFN part of an importance entry."""
+    return {"importance": importance_digest, "metric": metric}
+
+
+def curve_key(model, task, shots: int, ranking: Scores | dict, options: CurveOptions | None = None, *,
+              limit: int | None = None, seed: int = 0, split: str | None = None, metric: str = "acc",
+              data_dir=None):
+    """The cache key of a pruning curve: the one used by the CLI, demo, sweep and notebooks.
+
+    Built from the model's content fingerprint and dtype, the content of the evaluated data
+    (eval split, plus train when ``shots > 0``; never a path), shots, queries (``limit``),
+    demonstration seed, split, metric, the ranking (:func:`ranking_ref`), the curve's
+    options, :data:`VERSION` and the headlens version.
+
+    Args:
+        model: a bridge or a :class:`~headlens.results.cache.ModelKey`.
+        ranking: Scores, or a reference from :func:`importance_ref` (sweeps, before the
+            ranking is computed).
+    """
+    from headlens.model.fingerprint import model_key
+    from headlens.results.cache import CacheKey
+    from headlens.tasks import get_task
+    from headlens.tasks.sources import data_fingerprint
+
+    options = options or CurveOptions()
+    task = get_task(task)
+    mk = model_key(model)
+    split = split or task.eval_split
+    splits = {split} | ({task.train_split} if shots else set())
+    ref = ranking if isinstance(ranking, dict) else ranking_ref(ranking)
+    return CacheKey.make("pruning", shape=mk.shape, model=mk.part(), data=data_fingerprint(task, splits, data_dir),
+                         shots=int(shots), limit=limit, seed=seed, split=split, metric=metric, ranking=ref,
+                         what=options.what, percents=list(options.percents), random_draws=options.random_draws,
+                         exact_limit=options.exact_limit, version=VERSION)
+
+
+def valid_curve(value: Any, key) -> bool:
+    """A cached curve: one row per percent of the key, accuracies and the random band finite in [0, 1]."""
+    from headlens.results.cache import finite_array
+
+    if not isinstance(value, dict) or not isinstance(value.get("curve"), list):
+        return False
+    rows = value["curve"]
+    if [float(r["percent"]) for r in rows] != [float(p) for p in key.parts["percents"]]:
+        return False
+    table = [[r[c] for c in ("acc", "acc_random_mean", "acc_random_low", "acc_random_high")] for r in rows]
+    return finite_array(table) and bool(((np.asarray(table) >= 0) & (np.asarray(table) <= 1)).all())
+
+
 def cached_curve(evaluator: TaskEvaluator, ranking: Scores, *, what: What = "heads",
                  percents: Sequence[float] = PERCENTS, random_draws: int = RANDOM_DRAWS,
                  exact_limit: int = EXACT_LIMIT, cache=None, progress: bool = True,
-                 random_seeds: Sequence[int] | None = None) -> pd.DataFrame:
-    """:func:`pruning_curve` for a task evaluator, stored in the result cache."""
-    from headlens.results.cache import ResultCache, cache_key
+                 random_seeds: Sequence[int] | None = None, options: CurveOptions | None = None) -> pd.DataFrame:
+    """:func:`pruning_curve` for a task evaluator, stored in the result cache under :func:`curve_key`.
 
-    draws = _legacy_draws(random_seeds, random_draws, "cached_curve")
+    ``options`` (a :class:`CurveOptions`) replaces ``what``, ``percents``, ``random_draws`` and
+    ``exact_limit``; ``random_seeds`` is deprecated (``len(random_seeds)`` draws).
+    """
+    from headlens.results.cache import ResultCache
+
+    if options is None:
+        draws = _legacy_draws(random_seeds, random_draws, "cached_curve")
+        options = CurveOptions(what=what, percents=tuple(percents), random_draws=draws, exact_limit=exact_limit)
     cache = ResultCache(enabled=False) if cache is False else (cache or ResultCache())
-    key = cache_key(kind="pruning_curve", version=VERSION, **evaluator.key,
-                    ranking=_ranking_digest(ranking), what=what, percents=list(percents),
-                    random_draws=draws, exact_limit=exact_limit)
-    rows = cache.get_or_compute("pruning", key, lambda: pruning_curve(
-        ranking, evaluator, what=what, percents=percents, random_draws=draws,
-        exact_limit=exact_limit, progress=progress).to_dict("records"))
-    df = pd.DataFrame(rows)
-    df.attrs = {"what": what, "ranking": ranking.name, "task": evaluator.task.name,
-                "shots": evaluator.shots, "random_draws": draws, "exact_limit": exact_limit}
+    key = evaluator.curve_key(ranking, options)
+
+    def compute():
+        df = pruning_curve(ranking, evaluator, what=options.what, percents=options.percents,
+                           random_draws=options.random_draws, exact_limit=options.exact_limit, progress=progress)
+        return {"curve": df.to_dict("records"), "n": len(evaluator.prepared.items),
+                "split": evaluator.prepared.split}
+
+    value = cache.get_or_compute(key, compute, validate=valid_curve)
+    df = pd.DataFrame(value["curve"])
+    df.attrs = {"what": options.what, "ranking": ranking.name, "task": evaluator.task.name,
+                "shots": evaluator.shots, "random_draws": options.random_draws,
+                "exact_limit": options.exact_limit, "n": value.get("n")}
     return df
+
+
+def oracle_key(evaluator: TaskEvaluator):
+    """The cache key of :func:`cached_ffn_oracle`: the evaluator's queries by content, :data:`VERSION`."""
+    from headlens.model.fingerprint import model_key
+    from headlens.results.cache import CacheKey
+
+    return CacheKey.make("ffn_oracle", shape=model_key(evaluator.model).shape, **evaluator.key, version=VERSION)
 
 
 def cached_ffn_oracle(model, evaluator: TaskEvaluator, *, cache=None) -> Scores:
@@ -293,12 +418,15 @@ def cached_ffn_oracle(model, evaluator: TaskEvaluator, *, cache=None) -> Scores:
     meant to be learnt from (the task's importance split), not on the evaluation queries.
     """
     from headlens.analyses.importance import ffn_oracle
-    from headlens.results.cache import ResultCache, cache_key
+    from headlens.results.cache import ResultCache, valid_scores
+
+    def valid(value, key) -> bool:
+        fp = key.parts["model"]["fingerprint"]
+        return valid_scores(value, None if key.shape is None else key.shape[:1], fp)
 
     cache = ResultCache(enabled=False) if cache is False else (cache or ResultCache())
-    key = cache_key(kind="ffn_oracle", **evaluator.key)
-    return Scores.from_dict(cache.get_or_compute(
-        "ffn_oracle", key, lambda: ffn_oracle(model, evaluator).to_dict()))
+    return Scores.from_dict(cache.get_or_compute(oracle_key(evaluator), lambda: ffn_oracle(model, evaluator).to_dict(),
+                                                 validate=valid))
 
 
 @dataclass(frozen=True)
@@ -396,26 +524,37 @@ def ffn_pruning(model, evaluate: EvaluateFn, oracle_evaluate: EvaluateFn, *,
                       gradient=None if gradient is None else curve(gradient))
 
 
-def resolve_ranking(bridge, source: str, task, shots: int, what: str, *, limit, seed, variant,
-                    data_dir, cache):
+def resolve_ranking(bridge, source: str, task, shots: int, what: str, *, limit=None, seed=0,
+                    variant="bansal", data_dir=None, cache=None, options=None,
+                    allow_other_model: bool = False):
     """A ranking named as on the command line -> Scores.
 
     ``source`` is ``self`` (this task's importance), ``TASK`` or ``TASK:SHOTS`` (cross-task
     transfer), ``aggregate`` (normalised mean over the task's group at ``shots``), ``oracle``
     (FFNs only: accuracy drop when one FFN is removed, on the importance split) or the path
-    of a saved Scores ``.json``.
+    of a saved Scores ``.json``. ``options`` (an
+    :class:`~headlens.analyses.importance.ImportanceOptions`) replaces ``limit``, ``seed`` and
+    ``variant``. A saved ranking of another model (its ``model_fingerprint``) is refused
+    unless ``allow_other_model``.
     """
-    from headlens.analyses.importance import aggregate, task_importance
-    from headlens.results.scores import Scores
+    from headlens.analyses.importance import ImportanceOptions, aggregate, task_importance
+    from headlens.model.loading import model_info
+    from headlens.results.scores import Scores, check_same_model
     from headlens.tasks import get_task, task_names
 
+    options = options or ImportanceOptions(variant=variant, limit=limit, seed=seed)
+    limit, seed = options.limit, options.seed
+
     def imp(t, k):
-        r = task_importance(bridge, t, k, limit=limit, seed=seed, variant=variant,
-                            data_dir=data_dir, cache=cache, progress=False)
+        r = task_importance(bridge, t, k, options=options, data_dir=data_dir, cache=cache, progress=False)
         return r.heads if what == "heads" else r.ffn
 
     if source.endswith(".json"):
-        return Scores.load(source)
+        scores = Scores.load(source)
+        info = model_info(bridge)
+        check_same_model([scores], "prune --ranking", labels=[source], fingerprint=info.fingerprint,
+                         model=info.name, allow_other_model=allow_other_model)
+        return scores
     if source == "oracle":  # the reference's FFN oracle: accuracy drop when one FFN is removed
         if what != "ffn":
             raise HeadlensError("--ranking oracle ranks FFN blocks; use it with --what ffn")
