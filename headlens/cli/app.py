@@ -12,6 +12,7 @@ import sys
 import typer
 
 from headlens.cli import (
+    cache,
     evaluate,
     importance,
     induction,
@@ -47,6 +48,11 @@ app.command("demo")(runs.demo_cmd)
 app.command("report")(runs.report_cmd)
 app.command("sweep")(runs.sweep_cmd)
 app.add_typer(models.app, name="models")
+cache_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                        help="The result cache: list entries per kind, free space.")
+cache_app.command("ls")(cache.cache_ls)
+cache_app.command("clear")(cache.cache_clear)
+app.add_typer(cache_app, name="cache")
 
 
 INTERRUPTED = "headlens: interrupted; finished work is cached, run the same command to resume"

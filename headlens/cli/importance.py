@@ -45,7 +45,7 @@ def importance_cmd(
     """Head and FFN importance by gradient gates (JSON: heads, ffn and the run's metadata)."""
     check_format(fmt)
     check_out(out)
-    from headlens.analyses.importance import TOKEN_NORMS, VARIANTS, aggregate, task_importance
+    from headlens.analyses.importance import TOKEN_NORMS, VARIANTS, ImportanceOptions, aggregate, task_importance
     from headlens.results.cache import ResultCache
     from headlens.tasks import get_task
     from headlens.tasks.prompts import check, check_limit
@@ -58,6 +58,8 @@ def importance_cmd(
     if normalize == "reference" and variant != "bansal":
         fail(f"--normalize reference replicates the reference's bansal scores; use it with "
              f"--variant bansal, not {variant!r}")
+    options = ImportanceOptions(variant=variant, limit=limit, seed=seed, split=split,  # type: ignore[arg-type]
+                                batch_size=batch_size, normalize=normalize)  # type: ignore[arg-type]
     ks = shot_list(shots)
     tasks = [get_task(n) for n in task_list(task)]
     for t in tasks:
@@ -70,9 +72,8 @@ def importance_cmd(
     results = []
     jobs = [(t, k) for t in tasks for k in ks]
     for t, k in tqdm(jobs, desc="tasks x shots", disable=len(jobs) == 1 or fmt == "json"):
-        imp = task_importance(bridge, t, k, limit=limit, seed=seed, variant=variant, split=split,
-                              data_dir=data_dir, batch_size=batch_size, cache=cache,
-                              progress=fmt == "text", normalize=normalize)  # type: ignore[arg-type]
+        imp = task_importance(bridge, t, k, options=options, data_dir=data_dir, cache=cache,
+                              progress=fmt == "text")
         results.append(imp)
         if fmt == "text":
             top = ", ".join(f"L{l}H{h}={v:.3g}" for l, h, v in imp.heads.top(5))
@@ -82,12 +83,15 @@ def importance_cmd(
         from headlens.report.figures import save_figure
         from headlens.report.importance import importance_heatmaps
 
-        for imp in results:
-            imp.heads.save(out / "importance")
-            imp.ffn.save(out / "importance")
+        folder = out / "importance"
+        for imp in results:  # names carry seed and model: other runs into this folder do not overwrite
+            imp.heads.save(folder / f"{imp.heads.run_stem()}.json")
+            imp.ffn.save(folder / f"{imp.ffn.run_stem()}.json")
         heads = [r.heads for r in results]
         if len(heads) > 1:
-            aggregate(heads).save(out / "importance")
+            agg = aggregate(heads)
+            agg = agg.with_values(agg.values, seed=seed)
+            agg.save(folder / f"{agg.run_stem()}.json")
         save_figure(importance_heatmaps(heads), out, "importance-heads", section="Task importance",
                     caption=f"Head importance ({variant}: gradient of the gold-continuation loss with "
                             f"respect to per-token head gates; normalisation {normalize}) of {model}; one map "

@@ -34,23 +34,21 @@ def induction_cmd(
     and attention concentration (how much attention goes to one token) beside them."""
     check_format(fmt)
     check_out(out)
-    from headlens.analyses.induction import (
-        COPYING_VARIANTS,
-        attention_concentration,
-        copying,
-        prefix_matching,
-    )
+    from headlens.analyses.induction import COPYING_VARIANTS, InductionOptions, induction_scores
     from headlens.errors import HeadlensError
+    from headlens.results.cache import ResultCache
 
     if copying_variant not in COPYING_VARIANTS:
         raise HeadlensError(f"--copying must be one of {', '.join(COPYING_VARIANTS)}, got {copying_variant!r}")
     if seeds < 1:
         raise HeadlensError(f"--seeds must be >= 1, got {seeds}")
+    options = InductionOptions(seeds=seeds)
     bridge = load(model, device, dtype)
+    cache = ResultCache()
     # copying first: its checks (context length and vocabulary size) cover prefix matching's
-    copy = copying(bridge, copying_variant, seeds, progress=True)  # type: ignore[arg-type]
-    prefix = prefix_matching(bridge, seeds, progress=True)
-    concentration = attention_concentration(bridge, seeds, progress=True)
+    copy = induction_scores(bridge, "copying", copying_variant, options, cache=cache, progress=True)  # type: ignore[arg-type]
+    prefix = induction_scores(bridge, "prefix_matching", None, options, cache=cache, progress=True)
+    concentration = induction_scores(bridge, "attention_concentration", None, options, cache=cache, progress=True)
     if out is not None:
         from headlens.report.figures import head_heatmap, write_html
         from headlens.report.induction import induction_panels

@@ -52,10 +52,17 @@ def layers_distances(
         from headlens.results.outputs import check_out_file
 
         check_out_file(html, option="--html", example="distances.html")
-    from headlens.analyses.layers import layer_distances
+    from headlens.analyses.layers import DistancesOptions, cached_layer_distances
+    from headlens.results.cache import ResultCache
+    from headlens.tasks.texts import DatasetTexts
 
-    texts = _layer_texts(text_file, dataset, n_texts, seed)
-    dist = layer_distances(load(model, device, dtype), texts, batch_size=batch_size, max_len=max_len)
+    if text_file is not None and dataset is not None:
+        fail("give --text-file or --dataset, not both")
+    options = DistancesOptions(n_texts=n_texts, seed=seed, max_len=max_len, batch_size=batch_size)
+    if dataset is None:  # a missing or empty text file fails before the model loads
+        _layer_texts(text_file, None, n_texts, seed)
+    source = text_file if text_file is not None else (DatasetTexts.parse(dataset) if dataset else None)
+    dist = cached_layer_distances(load(model, device, dtype), source, options, cache=ResultCache())
     if html is not None:
         from headlens.report.figures import write_html
         from headlens.report.layers import distance_heatmap

@@ -23,19 +23,21 @@ def overlap_cmd(
     method: str = typer.Option("spearman", "--method", help="spearman or kendall."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random order that breaks ties in top-k sets."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the HTML figures."),
+    allow_other_model: bool = typer.Option(False, "--allow-other-model", help="Compare score sets of "
+                                           "different models (refused by default)."),
     fmt: str = FormatOpt,
 ) -> None:
     """Compare saved head scores: rank agreement, top-k Jaccard and hypergeometric p-values."""
     import warnings
 
     from headlens.errors import HeadlensError
-    from headlens.results.scores import Scores, load_all
+    from headlens.results.scores import Scores, check_same_model, load_all
 
     check_format(fmt)
     check_out(out)
     if top is not None and top < 1:
         fail(f"--top must be a number of heads >= 1 (default: 10% of the heads), got {top}")
-    scores = []
+    scores, labels = [], []
     for item in results:
         path = Path(item)
         if path.is_dir():
@@ -43,10 +45,13 @@ def overlap_cmd(
             if not found:
                 raise HeadlensError(f"overlap: no per-head score files in folder {path}")
             scores.extend(found)
+            labels.extend(f"{path}/{s.name}" for s in found)
         elif path.is_file():
             scores.append(Scores.load(path))
+            labels.append(str(path))
         else:
             raise HeadlensError(f"overlap: {path} is neither a score file nor a folder")
+    check_same_model(scores, "overlap", labels=labels, allow_other_model=allow_other_model)
     if len(scores) < 2:
         raise HeadlensError(f"overlap: needs at least 2 score sets, got {len(scores)}; pass more files")
     n = scores[0].values.size

@@ -37,6 +37,8 @@ def prune_cmd(
     seed: int = typer.Option(0, "--seed"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the curve (CSV) and its figure here."),
+    allow_other_model: bool = typer.Option(False, "--allow-other-model", help="Accept a --ranking file "
+                                           "computed on another model (refused by default)."),
     device: Optional[str] = DeviceOpt,
     dtype: str = DtypeOpt,
     fmt: str = FormatOpt,
@@ -49,8 +51,10 @@ def prune_cmd(
     if random_draws < 1:
         fail(f"--random-draws (alias --random-seeds) must be >= 1 (random subsets per point), "
              f"got {random_draws}; the default is 50")
+    from headlens.analyses.importance import ImportanceOptions
     from headlens.analyses.pruning import (
         EXACT_LIMIT,
+        CurveOptions,
         TaskEvaluator,
         cached_curve,
         pruning_grid,
@@ -62,12 +66,14 @@ def prune_cmd(
 
     check_limit(limit, "--limit")
     check_limit(importance_limit, "--importance-limit")
+    ranking_options = ImportanceOptions(variant=variant, limit=importance_limit, seed=seed)  # type: ignore[arg-type]
+    curve_options = None if what == "grid" else CurveOptions(what=what, random_draws=random_draws)  # type: ignore[arg-type]
     t = get_task(task)
     check(t, shots, data_dir=data_dir)
     bridge = load(model, device, dtype)
     cache = ResultCache()
     evaluator = TaskEvaluator(bridge, t, shots, limit=limit, seed=seed, data_dir=data_dir)
-    kw = dict(limit=importance_limit, seed=seed, variant=variant, data_dir=data_dir, cache=cache)
+    kw = dict(options=ranking_options, data_dir=data_dir, cache=cache, allow_other_model=allow_other_model)
     label = f"{t.name} {shots}-shot, ranking {ranking}"
     if what == "grid":
         heads = resolve_ranking(bridge, ranking, t, shots, "heads", **kw)
@@ -90,8 +96,7 @@ def prune_cmd(
             typer.echo(grid.round(3).to_string())
         return
     rank_scores = resolve_ranking(bridge, ranking, t, shots, what, **kw)
-    curve = cached_curve(evaluator, rank_scores, what=what, random_draws=random_draws,
-                         cache=cache, progress=fmt == "text")
+    curve = cached_curve(evaluator, rank_scores, options=curve_options, cache=cache, progress=fmt == "text")
     if out is not None:
         from headlens.report.figures import save_figure
         from headlens.report.importance import pruning_curves

@@ -74,9 +74,11 @@ def run_demo(out: str | Path = "headlens-out", config: DemoConfig | None = None,
 def _run(out, cfg: DemoConfig, log, progress: bool) -> Path:
     import torch
 
-    from headlens.results.cache import ResultCache, cache_key
+    from headlens.results.cache import CacheKey, ResultCache
     from headlens.analyses.importance import aggregate, task_importance
-    from headlens.model.loading import load_model, model_info
+    from headlens.model.fingerprint import model_key
+    from headlens.model.loading import load_model
+    from headlens.tasks.sources import data_fingerprint
     from headlens.report.figures import head_heatmap, save_figure
     from headlens.report import importance as pimp
     from headlens.report import overlap as pov
@@ -93,15 +95,15 @@ def _run(out, cfg: DemoConfig, log, progress: bool) -> Path:
         # a small model's matrices are too small for intra-op threads to pay off; with
         # two threads on a busy 2-core machine one evaluation took 1.1 s instead of 15 ms
         torch.set_num_threads(1)
-    info = model_info(model)
     names = task_names(cfg.tasks) if cfg.tasks in ("offline", "study", "all") else cfg.tasks.split(",")
     tasks = [get_task(n) for n in names]
-    base_key = dict(model=info.to_dict(), tasks=[t.key for t in tasks], seed=cfg.seed)
+    base_key = dict(model=model_key(model).part(), seed=cfg.seed,
+                    tasks=[data_fingerprint(t, {t.train_split, t.eval_split, t.importance_split}) for t in tasks])
     L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
     desc = f"{cfg.model} ({L} layers x {H} heads)"
 
-    def cached(kind, compute, **parts):
-        return cache.get_or_compute(f"demo-{kind}", cache_key(kind=kind, **base_key, **parts), compute)
+    def cached(kind, compute, **parts):  # the demo's own summaries (means over tasks, tables)
+        return cache.get_or_compute(CacheKey.make(f"demo-{kind}", **base_key, **parts), compute)
 
     # 1. accuracy at every shot count --------------------------------------------------
     with _step("accuracy", log):
@@ -125,17 +127,16 @@ def _run(out, cfg: DemoConfig, log, progress: bool) -> Path:
 
     # 2. induction heads ------------------------------------------------------------------
     with _step("induction", log):
-        from headlens.analyses import induction
+        from headlens.analyses.induction import InductionOptions, induction_scores
 
         seeds = list(range(cfg.induction_seeds))
+        ind_options = InductionOptions(seeds=cfg.induction_seeds)
         ind = {}
-        for order, (metric, fn) in enumerate([("prefix_matching", lambda: induction.prefix_matching(model, seeds=seeds)),
-                           ("copying_corrected", lambda: induction.copying(model, variant="corrected", seeds=seeds)),
-                           ("copying_eigen", lambda: induction.copying(model, variant="eigen", seeds=seeds)),
-                           ("copying_paper", lambda: induction.copying(model, variant="paper", seeds=seeds))]):
-            from headlens.results.scores import Scores
-
-            ind[metric] = Scores.from_dict(cached(metric, lambda fn=fn: fn().to_dict(), seeds=seeds))
+        for order, (metric, score, variant) in enumerate([("prefix_matching", "prefix_matching", None),
+                                                          ("copying_corrected", "copying", "corrected"),
+                                                          ("copying_eigen", "copying", "eigen"),
+                                                          ("copying_paper", "copying", "paper")]):
+            ind[metric] = induction_scores(model, score, variant, ind_options, cache=cache)  # type: ignore[arg-type]
             ind[metric].save(out / "induction" / f"{metric}.json")
             save_figure(head_heatmap(ind[metric]), out, f"induction-{metric}", section="Induction heads",
                         order=20 + order, caption=_induction_caption(metric, desc, seeds))
@@ -258,7 +259,8 @@ def _run(out, cfg: DemoConfig, log, progress: bool) -> Path:
         from headlens.tasks.texts import load_texts
 
         texts = load_texts(None, cfg.layer_texts, seed=cfg.seed)
-        dist = lay.layer_distances(model, texts)
+        dist = lay.cached_layer_distances(model, None, lay.DistancesOptions(n_texts=cfg.layer_texts, seed=cfg.seed),
+                                          cache=cache)
         (out / "layers").mkdir(exist_ok=True)
         import json
 

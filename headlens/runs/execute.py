@@ -356,8 +356,10 @@ def plan(spec: SweepSpec, cache_root: str | None = None) -> list[tuple[Job, bool
     """Every job of ``spec`` and whether its result is already cached (what ``--dry-run`` lists)."""
     from headlens.results.cache import ResultCache
 
+    from headlens.runs.sweep import validator
+
     cache = ResultCache(cache_root if cache_root is not None else spec.cache)
-    return [(j, cache.path(j.kind, j.key).is_file()) for j in expand(spec)]
+    return [(j, cache.contains(j.entry, validator(j))) for j in expand(spec)]
 
 
 def run_sweep(spec: SweepSpec, *, workers: int = 1, ray_address: str | None = None, backend: str | None = None,
@@ -381,7 +383,7 @@ def run_sweep(spec: SweepSpec, *, workers: int = 1, ray_address: str | None = No
 
     from headlens.results.cache import ResultCache
     from headlens.results.scores import atomic_write_text
-    from headlens.runs.sweep import write_outputs
+    from headlens.runs.sweep import validator, write_outputs
 
     if not isinstance(workers, int) or workers < 1:
         raise HeadlensError(f"sweep: --workers must be an integer >= 1, got {workers!r}")
@@ -398,7 +400,7 @@ def run_sweep(spec: SweepSpec, *, workers: int = 1, ray_address: str | None = No
     by_key = {r.job.key: r for r in records}
     notify = on_event or (lambda r: None)
     for r in records:
-        hit = cache.get(r.job.kind, r.job.key)
+        hit = cache.get(r.job.entry, validator(r.job))  # wrong shape, NaN, another model: recomputed
         if hit is not None:
             r.status = "cached"
             write_outputs(r.job, hit, only_missing=True)
@@ -483,8 +485,8 @@ def _drive(spec: SweepSpec, runner, records: list[JobRecord], pending: list[JobR
                 in_flight -= 1
                 r = by_key[job.key]
                 if err is None:
-                    if cache.get(job.kind, job.key) is None:
-                        cache.put(job.kind, job.key, result["value"])
+                    if cache.get(job.entry, validator(job)) is None:
+                        cache.put(job.entry, result["value"])
                     write_outputs(job, result["value"], only_missing=True)
                     r.seconds, r.computed, r.pid = result["seconds"], result["computed"], result["pid"]
                     r.loaded_model = bool(result.get("loaded_model"))

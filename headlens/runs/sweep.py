@@ -2,11 +2,13 @@
 
 A sweep file declares models (with the resources a cluster should reserve for them),
 tasks, shot counts, seeds and analyses. :func:`load_sweep` validates it into frozen
-dataclasses, :func:`expand` turns it into :class:`Job` records whose ``key`` is the key of
-the job's entry in :class:`headlens.cache.ResultCache` (for importance it is exactly the key
-:func:`headlens.importance.task_importance` uses), and :func:`run_job` computes one job in
-any process. A job whose entry is in the cache is skipped, so a killed sweep resumes where
-it stopped: entries are written atomically and only after the job finished.
+dataclasses, :func:`expand` turns it into :class:`Job` records whose ``entry`` is the
+job's :class:`~headlens.results.cache.CacheKey`, built by the analysis's own key function
+(``importance_key``, ``curve_key``, ``induction_key``, ``distances_key``): the same entry the
+CLI, the demo and notebooks read and write, so a sweep's result is a hit for them and the
+other way round. :func:`run_job` computes one job in any process. A job whose entry is in
+the cache (and valid) is skipped, so a killed sweep resumes where it stopped: entries are
+written atomically and only after the job finished.
 
 Executing a whole sweep (local process pool or Ray, retries, live table):
 :func:`headlens.sweep_exec.run_sweep`.
@@ -42,7 +44,6 @@ Example sweep file::
 from __future__ import annotations
 
 import gc
-import hashlib
 import os
 import re
 import shlex
@@ -53,12 +54,14 @@ from typing import Any
 
 from headlens.errors import HeadlensError, closest
 
+from headlens.analyses.importance import VARIANTS as IMPORTANCE_VARIANTS
+from headlens.analyses.induction import COPYING_VARIANTS
+from headlens.analyses.induction import SCORES as INDUCTION_SCORES
+from headlens.analyses.pruning import WHAT as PRUNE_WHAT
+from headlens.results.cache import CacheKey, ModelKey
+
 ANALYSES: tuple[str, ...] = ("importance", "pruning", "induction", "layer_distances")
 TASK_GROUPS: tuple[str, ...] = ("all", "study", "offline")
-IMPORTANCE_VARIANTS: tuple[str, ...] = ("bansal", "michel")
-PRUNE_WHAT: tuple[str, ...] = ("heads", "ffn")
-INDUCTION_SCORES: tuple[str, ...] = ("prefix_matching", "copying")
-COPYING_VARIANTS: tuple[str, ...] = ("paper", "corrected", "eigen")
 DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
 _TASK_FILE_SUFFIXES = (".jsonl", ".yaml", ".yml", ".toml")
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -413,15 +416,15 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
 class Job:
     """One unit of a sweep: one analysis of one model (and task, shot count, variant, seed).
 
-    ``key`` is the key of the job's result in the result cache (kind ``kind``); a job whose
-    entry exists is skipped. For importance jobs it equals the key
-    :func:`headlens.importance.task_importance` itself uses.
+    ``entry`` is the cache key of the job's result, built by the analysis's own key function
+    (so it is the entry the CLI and the library use); ``key`` is its digest, ``kind`` its
+    folder. A job whose valid entry exists is skipped. ``settings`` is the analysis's options
+    dataclass (:class:`~headlens.analyses.importance.ImportanceOptions`, ...) the job runs with.
     """
 
     analysis: str
     model: ModelSpec
-    key: str
-    kind: str
+    entry: CacheKey
     task: str | None = None
     task_name: str | None = None
     shots: int | None = None
@@ -431,9 +434,18 @@ class Job:
     data_dir: str | None = None
     output: str = ""
     options: tuple[tuple[str, Any], ...] = ()
+    settings: Any = None
     depends: tuple[str, ...] = ()
     version: str = ""
     cache: str | None = field(default=None, compare=False)
+
+    @property
+    def key(self) -> str:
+        return self.entry.digest
+
+    @property
+    def kind(self) -> str:
+        return self.entry.kind
 
     def option(self, name: str, default: Any = None) -> Any:
         return dict(self.options).get(name, default)
@@ -466,50 +478,54 @@ def model_identity(spec: ModelSpec):
     return identify(spec.name, revision=spec.revision)
 
 
-def _dtype_str(dtype: str) -> str:
-    from headlens.model.loading import torch_dtype
+def model_key(spec: ModelSpec) -> ModelKey:
+    """The :class:`~headlens.results.cache.ModelKey` of ``spec``'s model, without loading it
+    (its (n_layers, n_heads) read from config.json when it is a local folder)."""
+    from headlens.model.fingerprint import config_shape, dtype_name
+    from headlens.model.loading import resolve
 
-    return str(torch_dtype(dtype))
-
-
-def _file_digest(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    info = model_identity(spec)
+    target, source = resolve(spec.name)
+    return ModelKey(fingerprint=info.fingerprint, dtype=dtype_name(spec.dtype), name=info.name,
+                    shape=config_shape(target) if source != "hub" else None)
 
 
 def expand(spec: SweepSpec) -> list[Job]:
     """All jobs of a sweep, model by model (model-level analyses first, then task x shots x seed).
 
-    Pruning jobs depend on the importance job of the same task, shots, seed and variant when
-    the sweep has one; the runner schedules them after it (the ranking is then a cache hit).
+    Every job's ``entry`` comes from the analysis's key function, exactly as the library
+    computes it. Pruning jobs depend on the importance job of the same task, shots, seed and
+    variant when the sweep has one; the runner schedules them after it (the ranking is then
+    a cache hit), and their curve is keyed on that importance entry.
     """
-    from headlens.results.cache import cache_key
+    from headlens.analyses.importance import ImportanceOptions, importance_key
+    from headlens.analyses.induction import InductionOptions, induction_key
+    from headlens.analyses.layers import DistancesOptions, distances_key
+    from headlens.analyses.pruning import CurveOptions, curve_key, importance_ref
     from headlens.results.scores import version
     from headlens.tasks import get_task
+    from headlens.tasks.texts import DatasetTexts
 
     tasks = {t: get_task(t) for t in spec.tasks}
     jobs: list[Job] = []
     for m in spec.models:
-        info = model_identity(m).to_dict()
-        dtype = _dtype_str(m.dtype)
+        mk = model_key(m)
         common = dict(model=m, data_dir=spec.data_dir, output=spec.output, version=version(), cache=spec.cache)
         if spec.induction is not None:
             ind = spec.induction
             variants = ([("prefix_matching", None)] if "prefix_matching" in ind.scores else []) + \
                        ([("copying", v) for v in ind.copying] if "copying" in ind.scores else [])
+            settings = InductionOptions(seeds=ind.seeds)
             for score, variant in variants:
-                key = cache_key(kind="induction", model=info, dtype=dtype, score=score, variant=variant,
-                                seeds=list(range(ind.seeds)))
-                jobs.append(Job("induction", key=key, kind="induction", variant=variant,
-                                options=(("score", score), ("seeds", ind.seeds)), **common))
+                jobs.append(Job("induction", entry=induction_key(mk, score, variant, settings), variant=variant,
+                                options=(("score", score), ("seeds", ind.seeds)), settings=settings, **common))
         if spec.layer_distances is not None:
             ld = spec.layer_distances
-            source = ({"file": ld.text_file, "sha256": _file_digest(ld.text_file)} if ld.text_file
-                      else {"dataset": ld.dataset} if ld.dataset else {"embedded": True})
-            key = cache_key(kind="layer_distances", model=info, dtype=dtype, texts=source,
-                            n_texts=ld.n_texts, seed=ld.seed, max_len=ld.max_len)
+            source = ld.text_file or (DatasetTexts.parse(ld.dataset) if ld.dataset else None)
+            settings = DistancesOptions(n_texts=ld.n_texts, seed=ld.seed, max_len=ld.max_len, batch_size=ld.batch_size)
             opts = tuple((k, getattr(ld, k)) for k in ("n_texts", "text_file", "dataset", "batch_size", "max_len"))
-            jobs.append(Job("layer_distances", key=key, kind="layer_distances", seed=ld.seed, options=opts,
-                            **common))
+            jobs.append(Job("layer_distances", entry=distances_key(mk, source, settings), seed=ld.seed,
+                            options=opts, settings=settings, **common))
         for tname, task in tasks.items():
             limit = spec.limit if spec.limit is not None else task.importance_limit
             for shots in spec.shots:
@@ -517,27 +533,28 @@ def expand(spec: SweepSpec) -> list[Job]:
                     base = dict(task=tname, task_name=task.name, shots=shots, seed=seed, limit=limit, **common)
                     variants = list(spec.importance.variants) if spec.importance else []
                     ranked_by = [spec.pruning.variant] if spec.pruning else []
-                    imp_keys: dict[str, str] = {}
+                    batch = spec.importance.batch_size if spec.importance else 8
+                    imp: dict[str, tuple[ImportanceOptions, CacheKey]] = {}
                     for variant in dict.fromkeys(variants + ranked_by):
-                        imp_keys[variant] = cache_key(
-                            kind="importance", model=info, dtype=dtype, **task.key, shots=shots, seed=seed,
-                            limit=limit, variant=variant, split=task.importance_split,
-                            data_dir=str(spec.data_dir) if spec.data_dir else None)
+                        settings = ImportanceOptions(variant=variant, limit=spec.limit, seed=seed, batch_size=batch)
+                        imp[variant] = settings, importance_key(mk, task, shots, settings, data_dir=spec.data_dir)
                     for variant in variants:
-                        jobs.append(Job("importance", key=imp_keys[variant], kind="importance", variant=variant,
-                                        options=(("batch_size", spec.importance.batch_size),), **base))
+                        jobs.append(Job("importance", entry=imp[variant][1], variant=variant, settings=imp[variant][0],
+                                        options=(("batch_size", batch),), **base))
                     if spec.pruning:
                         p = spec.pruning
-                        dep = (imp_keys[p.variant],) if p.variant in variants else ()
+                        ranking_settings, ranking_key = imp[p.variant]
+                        dep = (ranking_key.digest,) if p.variant in variants else ()
                         for what in p.what:
-                            key = cache_key(kind="sweep_pruning", ranking=imp_keys[p.variant], what=what,
-                                            eval_split=task.eval_split, eval_limit=p.limit,
-                                            random_seeds=p.random_seeds)
+                            curve = CurveOptions(what=what, random_draws=p.random_seeds)  # draws, as --random-seeds
+                            ref = importance_ref(ranking_key.digest, "head_importance" if what == "heads"
+                                                 else "ffn_importance")
+                            entry = curve_key(mk, task, shots, ref, curve, limit=p.limit, seed=seed,
+                                              data_dir=spec.data_dir)
                             opts = (("what", what), ("eval_limit", p.limit), ("random_seeds", p.random_seeds),
-                                    ("batch_size", p.batch_size),
-                                    ("importance_batch_size", spec.importance.batch_size if spec.importance else 8))
-                            jobs.append(Job("pruning", key=key, kind="sweep_pruning", variant=p.variant,
-                                            options=opts, depends=dep, **base))
+                                    ("batch_size", p.batch_size), ("importance_batch_size", batch))
+                            jobs.append(Job("pruning", entry=entry, variant=p.variant, options=opts,
+                                            settings=(ranking_settings, curve), depends=dep, **base))
     return jobs
 
 
@@ -603,57 +620,56 @@ def loaded_model(spec: ModelSpec):
     return _LOADED[key]
 
 
-def _run_importance(bridge, job: Job, cache) -> dict:
-    from headlens.analyses.importance import task_importance
+def _run_importance(bridge, job: Job, cache) -> tuple[dict, CacheKey]:
+    from headlens.analyses.importance import importance_key, task_importance
 
-    return task_importance(bridge, job.task, job.shots, limit=job.limit, seed=job.seed, variant=job.variant,
-                           data_dir=job.data_dir, batch_size=job.option("batch_size", 8), cache=cache,
-                           progress=False).to_dict()
+    imp = task_importance(bridge, job.task, job.shots, options=job.settings, data_dir=job.data_dir, cache=cache,
+                          progress=False)
+    return imp.to_dict(), importance_key(bridge, job.task, job.shots, job.settings, data_dir=job.data_dir)
 
 
-def _run_pruning(bridge, job: Job, cache) -> dict:
+def _run_pruning(bridge, job: Job, cache) -> tuple[dict, CacheKey]:
     from headlens.analyses.importance import task_importance
     from headlens.analyses.pruning import TaskEvaluator, cached_curve
 
-    imp = task_importance(bridge, job.task, job.shots, limit=job.limit, seed=job.seed, variant=job.variant,
-                          data_dir=job.data_dir, batch_size=job.option("importance_batch_size", 8), cache=cache,
+    ranking_settings, curve = job.settings
+    imp = task_importance(bridge, job.task, job.shots, options=ranking_settings, data_dir=job.data_dir, cache=cache,
                           progress=False)
-    what = job.option("what")
+    ranking = imp.heads if curve.what == "heads" else imp.ffn
     evaluator = TaskEvaluator(bridge, job.task, job.shots, limit=job.option("eval_limit"), seed=job.seed,
                               data_dir=job.data_dir, batch_size=job.option("batch_size", 16))
-    curve = cached_curve(evaluator, imp.heads if what == "heads" else imp.ffn, what=what,
-                         random_seeds=tuple(range(job.option("random_seeds", 3))), cache=cache, progress=False)
-    return {"task": job.task_name, "shots": job.shots, "seed": job.seed, "variant": job.variant, "what": what,
-            "n_eval": len(evaluator.prepared.items), "split": evaluator.prepared.split,
-            "curve": curve.to_dict("records")}
+    df = cached_curve(evaluator, ranking, options=curve, cache=cache, progress=False)
+    value = {"curve": df.to_dict("records"), "n": len(evaluator.prepared.items), "split": evaluator.prepared.split}
+    return value, evaluator.curve_key(ranking, curve)
 
 
-def _run_induction(bridge, job: Job, cache) -> dict:
-    try:
-        from headlens.analyses import induction
-    except ImportError as err:
-        raise HeadlensError(f"sweep: the induction analysis needs headlens.analyses.induction, which this "
-                            f"install lacks ({err}); remove 'induction' from the sweep's analyses") from None
-    seeds = list(range(job.option("seeds", 10)))
-    if job.option("score") == "prefix_matching":
-        scores = induction.prefix_matching(bridge, seeds=seeds)
-    else:
-        scores = induction.copying(bridge, variant=job.variant, seeds=seeds)
-    return scores.to_dict()
+def _run_induction(bridge, job: Job, cache) -> tuple[dict, CacheKey]:
+    from headlens.analyses.induction import induction_key, induction_scores
+
+    score = job.option("score")
+    scores = induction_scores(bridge, score, job.variant, job.settings, cache=cache)
+    return scores.to_dict(), induction_key(bridge, score, job.variant, job.settings)
 
 
-def _run_layer_distances(bridge, job: Job, cache) -> dict:
-    from headlens.analyses.layers import layer_distances
-    from headlens.tasks.texts import DatasetTexts, load_texts
+def _run_layer_distances(bridge, job: Job, cache) -> tuple[dict, CacheKey]:
+    from headlens.analyses.layers import cached_layer_distances, distances_key
+    from headlens.tasks.texts import DatasetTexts
 
     source = job.option("text_file") or (DatasetTexts.parse(job.option("dataset")) if job.option("dataset") else None)
-    texts = load_texts(source, job.option("n_texts"), seed=job.seed)
-    return layer_distances(bridge, texts, batch_size=job.option("batch_size", 8),
-                           max_len=job.option("max_len")).to_dict()
+    dist = cached_layer_distances(bridge, source, job.settings, cache=cache)
+    return dist.to_cache(), distances_key(bridge, source, job.settings)
 
 
 RUNNERS = {"importance": _run_importance, "pruning": _run_pruning, "induction": _run_induction,
            "layer_distances": _run_layer_distances}
+
+
+def validator(job: Job):
+    """The analysis's check of a cached value (shape, finiteness, model), for ``ResultCache.get``."""
+    from headlens.analyses import importance, induction, layers, pruning
+
+    return {"importance": importance.valid_importance, "pruning": pruning.valid_curve,
+            "induction": induction.valid_induction, "layer_distances": layers.valid_distances}[job.analysis]
 
 
 def output_paths(job: Job) -> list[Path]:
@@ -689,7 +705,7 @@ def write_outputs(job: Job, value: dict, *, only_missing: bool = False) -> list[
     elif job.analysis == "induction":
         Scores.from_dict(value).save(paths[0])
     else:
-        atomic_write_text(paths[0], json.dumps(_jsonable(value)))
+        atomic_write_text(paths[0], json.dumps(_jsonable({k: v for k, v in value.items() if k != "pairwise"})))
     return [str(p) for p in paths]
 
 
@@ -709,12 +725,13 @@ def run_job(job: Job, cache_root: str | os.PathLike | None = None) -> dict:
                             f"{job.version}; install the same headlens version on every node")
     cache = ResultCache(cache_root if cache_root is not None else job.cache)
     start, loads = time.perf_counter(), _LOADS[0]
-    value = cache.get(job.kind, job.key)
+    value = cache.get(job.entry, validator(job))
     computed = value is None
     if computed:
-        value = RUNNERS[job.analysis](loaded_model(job.model), job, cache)
-        if cache.get(job.kind, job.key) is None:
-            cache.put(job.kind, job.key, value)
+        value, used = RUNNERS[job.analysis](loaded_model(job.model), job, cache)
+        if used != job.entry:  # the sweep and the library must name the same entry
+            raise HeadlensError(f"sweep: job {job.label} was expanded with cache key {job.entry} but the library "
+                                f"computed {used}; the model or data changed since the sweep was expanded")
     files = write_outputs(job, value)
     return {"key": job.key, "analysis": job.analysis, "value": value, "computed": computed,
             "seconds": time.perf_counter() - start, "files": files, "pid": os.getpid(),

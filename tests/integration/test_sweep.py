@@ -38,7 +38,7 @@ def grid(models, root: Path, name: str, **extra) -> dict:
 
 
 def cached_values(cache: Path, kind: str = "importance") -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted((cache / kind).glob("*.json"))}
+    return {p.stem: json.loads(p.read_text())["value"] for p in sorted((cache / kind).glob("*.json"))}
 
 
 @pytest.fixture(scope="module")
