@@ -199,7 +199,7 @@ class PruningSpec:
 class InductionSpec:
     """Prefix-matching and copying scores (see :mod:`headlens.analyses.induction`)."""
 
-    scores: tuple[str, ...] = INDUCTION_SCORES
+    scores: tuple[str, ...] = ("prefix_matching", "copying")
     copying: tuple[str, ...] = ("corrected",)
     seeds: int = 10
 
@@ -513,7 +513,8 @@ def expand(spec: SweepSpec) -> list[Job]:
         common = dict(model=m, data_dir=spec.data_dir, output=spec.output, version=version(), cache=spec.cache)
         if spec.induction is not None:
             ind = spec.induction
-            variants = ([("prefix_matching", None)] if "prefix_matching" in ind.scores else []) + \
+            variants = [(score, None) for score in ("prefix_matching", "attention_concentration")
+                        if score in ind.scores] + \
                        ([("copying", v) for v in ind.copying] if "copying" in ind.scores else [])
             settings = InductionOptions(seeds=ind.seeds)
             for score, variant in variants:
