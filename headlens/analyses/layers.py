@@ -237,12 +237,15 @@ class DistancesOptions:
 
 
 def texts_ref(source: TextSource | Sequence[str], n: int | None, seed: int = 0) -> dict:
-    """How a text source enters a key: a hash of the texts themselves (files, the embedded
-    corpus, lists), or the data set's name, config, split, column and count."""
+    """How a text source enters a key: a hash of the texts themselves (files, lists), the
+    embedded corpus's generator arguments (count, seed), or the data set's name, config,
+    split, column and count."""
     from headlens.results.cache import digest
 
     if isinstance(source, DatasetTexts):
         return {"dataset": [source.name, source.config, source.split, source.column], "n": n}
+    if source is None:  # generated: its arguments identify it (generating it costs a second)
+        return {"embedded": {"n": n or 64, "seed": seed}}
     texts = _texts(source) if isinstance(source, (list, tuple)) else load_texts(source, n, seed=seed)
     return {"texts": digest(texts[:n] if n is not None else texts), "n": len(texts[:n] if n is not None else texts)}
 

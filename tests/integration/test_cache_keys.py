@@ -123,7 +123,7 @@ def test_curve_key_includes_dtype(tiny_dir, tmp_path):
         model = load_model(str(tiny_dir / "gpt2"), device="cpu", dtype=dtype)
         ranking = task_importance(model, "copa", 0, limit=2, data_dir=FIXTURES, cache=False, progress=False).heads
         ranking = ranking.with_values(np.arange(8.0).reshape(2, 4))  # one ranking for both dtypes
-        cached_curve(TaskEvaluator(model, "copa", 0, data_dir=FIXTURES), ranking, random_draws=1,
+        cached_curve(TaskEvaluator(model, "copa", 0, data_dir=FIXTURES), ranking, random_draws=1, percents=(0, 25),
                      cache=cache, progress=False)
     assert cache.misses == 2 and cache.hits == 0
 
@@ -138,13 +138,13 @@ def test_data_dir_results_are_keyed_on_file_contents(tiny_models, tmp_path):
 
     def both(folder):
         imp = task_importance(model, "copa", 1, data_dir=folder, cache=cache, progress=False)
-        curve = cached_curve(TaskEvaluator(model, "copa", 1, data_dir=folder), ranking, random_draws=1,
+        curve = cached_curve(TaskEvaluator(model, "copa", 1, data_dir=folder), ranking, random_draws=1, percents=(0, 25),
                              cache=cache, progress=False)
         return imp, curve
 
     def fresh(folder):
         imp = task_importance(model, "copa", 1, data_dir=folder, cache=False, progress=False)
-        curve = pruning_curve(ranking, TaskEvaluator(model, "copa", 1, data_dir=folder), random_draws=1,
+        curve = pruning_curve(ranking, TaskEvaluator(model, "copa", 1, data_dir=folder), random_draws=1, percents=(0, 25),
                               progress=False)
         return imp, curve
 
