@@ -451,7 +451,7 @@ class _terminate_as_exit:
 def _drive(spec: SweepSpec, runner, records: list[JobRecord], pending: list[JobRecord],
            by_key: dict[str, JobRecord], cache, notify: Callable[[JobRecord], None], progress: bool) -> None:
     """Submit ready jobs, collect results and retry failures until every job is settled."""
-    from headlens.runs.sweep import write_outputs
+    from headlens.runs.sweep import validator, write_outputs
 
     in_flight = 0
 

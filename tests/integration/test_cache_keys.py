@@ -84,8 +84,9 @@ def test_lora_healings_that_differ_only_in_ffn_weights_get_their_own_entries(tin
     model = load_model(str(tiny_dir / "gpt2"), device="cpu")
     texts = ["the quick brown fox jumps over the lazy dog", "a stitch in time saves nine",
              "question answer true false neither", "headlens measures attention heads"]
-    a = heal(model, texts, heldout=texts[:1], steps=3, rank=2, lr=5e-2, batch_size=2, seed=0).model
-    b = heal(model, texts, heldout=texts[:1], steps=3, rank=2, lr=5e-2, batch_size=2, seed=1).model
+    held = ["copy reverse successor larger label mapping"]
+    a = heal(model, texts, heldout=held, steps=3, rank=2, lr=5e-2, batch_size=2, seed=0).model
+    b = heal(model, texts, heldout=held, steps=3, rank=2, lr=5e-2, batch_size=2, seed=1).model
     pa, pb = dict(a.original_model.named_parameters()), dict(b.original_model.named_parameters())
     differ = sorted(n for n in pa if not np.array_equal(pa[n].numpy(), pb[n].numpy()))
     assert differ and all(".mlp." in n for n in differ)  # LoRA on the FFN projections only
