@@ -38,6 +38,9 @@ from headlens.results.scores import _jsonable, atomic_write_text, version
 
 SCHEMA = 1
 DIGEST_CHARS = 24
+# folders of the cache root that hold no result entries: converted checkpoints
+# (headlens.model.gguf, managed by ``headlens models``) and memoised file digests
+RESERVED = ("models", "file-digests")
 _WARNED: set[str] = set()
 
 Validator = Callable[[Any, "CacheKey"], bool]
@@ -145,8 +148,9 @@ class CacheKey:
     @classmethod
     def make(cls, kind: str, *, shape: tuple[int, int] | None = None, **parts: Any) -> CacheKey:
         """A key of ``kind`` over ``parts`` plus the headlens version."""
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", kind):
-            raise HeadlensError(f"CacheKey: kind {kind!r} must be a plain folder name (letters, digits, _ . -)")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", kind) or kind in RESERVED:
+            raise HeadlensError(f"CacheKey: kind {kind!r} must be a plain folder name (letters, digits, _ . -) "
+                                f"other than {', '.join(RESERVED)}")
         text = canonical_json({**parts, "kind": kind, "headlens_version": version()})
         return cls(kind=kind, parts_json=text, digest=digest(text.encode()), shape=shape)
 
@@ -285,7 +289,8 @@ class ResultCache:
     def _entries(self, kind: str | None = None) -> list[Path]:
         if not self.root.is_dir():
             return []
-        folders = [self.root / kind] if kind else sorted(p for p in self.root.iterdir() if p.is_dir())
+        folders = [self.root / kind] if kind else sorted(p for p in self.root.iterdir()
+                                                         if p.is_dir() and p.name not in RESERVED)
         return [p for f in folders if f.is_dir() for p in sorted(f.glob("*.json"))]
 
     def kinds(self) -> list[str]:

@@ -99,6 +99,9 @@ def test_ls_and_clear_by_kind_and_age(tmp_path, monkeypatch):
     for i in range(3):
         cache.put(_key(i=i), {"x": i})
     cache.put(CacheKey.make("induction", i=0), {"y": 1})
+    (tmp_path / "c" / "models").mkdir()
+    sidecar = tmp_path / "c" / "models" / "gguf-hashes.json"  # converted checkpoints: not results
+    sidecar.write_text("{}")
     old = cache.path(_key(i=0))
     os.utime(old, (old.stat().st_atime - 10 * 86400, old.stat().st_mtime - 10 * 86400))
     runner = CliRunner()
@@ -113,7 +116,7 @@ def test_ls_and_clear_by_kind_and_age(tmp_path, monkeypatch):
     assert res.exit_code == 0 and "removed 1 entry" in res.stdout
     assert not old.exists() and cache.path(_key(i=1)).exists()
     res = runner.invoke(app, ["cache", "clear"])
-    assert "removed 3 entries" in res.stdout and cache.summary() == []
+    assert "removed 3 entries" in res.stdout and cache.summary() == [] and sidecar.exists()
 
 
 def test_cache_clear_errors_are_one_line(tmp_path, monkeypatch, capsys):
