@@ -52,12 +52,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from headlens.errors import HeadlensError, closest
-
 from headlens.analyses.importance import VARIANTS as IMPORTANCE_VARIANTS
 from headlens.analyses.induction import COPYING_VARIANTS
 from headlens.analyses.induction import SCORES as INDUCTION_SCORES
 from headlens.analyses.pruning import WHAT as PRUNE_WHAT
+from headlens.errors import HeadlensError, closest
 from headlens.results.cache import CacheKey, ModelKey
 
 ANALYSES: tuple[str, ...] = ("importance", "pruning", "induction", "layer_distances")

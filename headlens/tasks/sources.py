@@ -20,7 +20,7 @@ from pathlib import Path
 from headlens.errors import HeadlensError
 from headlens.tasks import byo
 from headlens.tasks.processors import PROCESSORS, MissingColumn
-from headlens.tasks.schema import Example
+from headlens.tasks.schema import PROMPT_VERSION, Example
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 _CACHE: dict[tuple, list[Example]] = {}
@@ -250,7 +250,8 @@ def data_fingerprint(task, splits, data_dir: str | Path | None = None) -> dict:
     """What a result computed on ``task``'s ``splits`` depends on, by content, never by path.
 
     Returns:
-        ``{"task": name, "version": v, "definition": hash of the task's definition
+        ``{"task": name, "version": v, "prompt_version": the prompt format's
+        :data:`~headlens.tasks.schema.PROMPT_VERSION`, "definition": hash of the task's definition
         (template, processor, separator, splits, metric, source minus any path),
         "data": {split: sha256 of the file's bytes | "hub:<path>/<name>" | "generated"}}``.
         A hub split read through ``datasets`` is identified by the source in ``definition``
@@ -276,4 +277,5 @@ def data_fingerprint(task, splits, data_dir: str | Path | None = None) -> dict:
             data[split] = f"hub:{source.get('path')}/{source.get('name')}"
         else:
             data[split] = "missing"
-    return {"task": task.name, "version": task.version, "definition": digest(definition), "data": data}
+    return {"task": task.name, "version": task.version, "prompt_version": PROMPT_VERSION,
+            "definition": digest(definition), "data": data}

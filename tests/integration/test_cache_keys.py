@@ -361,3 +361,19 @@ def test_cli_cache_entries_are_0644_and_an_unwritable_cache_only_warns(tiny_dir,
     assert np.array(json.loads(out.out)["heads"]).shape == (2, 4)
     warnings = [line for line in out.err.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "cannot write the result cache" in warnings[0]
+
+
+def test_data_fingerprint_follows_prompt_format_and_definition_not_paths(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import headlens.tasks.sources as sources
+    from headlens.tasks import get_task
+
+    a, b = _copa(tmp_path / "a", flip=False), _copa(tmp_path / "b", flip=False)
+    task = get_task("copa")
+    fa = sources.data_fingerprint(task, {"train"}, a)
+    assert fa == sources.data_fingerprint(task, {"train"}, b)  # same bytes in another folder: same key
+    assert str(tmp_path) not in json.dumps(fa)
+    assert fa != sources.data_fingerprint(replace(task, separator="\n"), {"train"}, a)
+    monkeypatch.setattr(sources, "PROMPT_VERSION", sources.PROMPT_VERSION + 1)
+    assert fa != sources.data_fingerprint(task, {"train"}, a)  # a new prompt format: stale
