@@ -56,7 +56,8 @@ def planted(planted_dir):
     return load_model(str(planted_dir), device="cpu")
 
 
-DEMO_SMALL = dict(importance_limit=8, eval_limit=16, prune_limit=8, induction_seeds=2,
+DEMO_SMALL = dict(importance_limit=8, eval_limit=16, prune_limit=8, induction_seeds=2, head_percents=(0, 25, 50, 75),
+                  prune_tasks="letter_first,number_larger,recall_value",
                   causal_ks=(1,), layer_texts=16, heal_steps=4)
 
 

@@ -464,6 +464,23 @@ class FfnPruning:
                    gradient=None if d.get("gradient") is None else pd.DataFrame(d["gradient"]))
 
 
+def oracle_order(oracle: Scores, gradient: Scores | None = None) -> Scores:
+    """The FFN oracle as a ranking: lowest accuracy drop first, equal drops (common with few
+    queries) in the order of ``gradient`` importance when given, else by layer index.
+
+    Returns Scores of ranks 0 .. n_layers-1 (0 = removed first).
+    """
+    if gradient is None:
+        return oracle
+    if gradient.values.shape != oracle.values.shape:
+        raise HeadlensError(f"oracle_order: gradient shape {gradient.values.shape} != oracle shape "
+                            f"{oracle.values.shape}; pass FFN scores of the same model")
+    order = np.lexsort((gradient.values, oracle.values))
+    ranks = np.empty(oracle.values.size)
+    ranks[order] = np.arange(oracle.values.size)
+    return oracle.with_values(ranks, tie_break="gradient")
+
+
 def ffn_pruning(model, evaluate: EvaluateFn, oracle_evaluate: EvaluateFn, *,
                 gradient: Scores | None = None, percents: Sequence[float] | None = None,
                 random_draws: int = RANDOM_DRAWS, exact_limit: int = EXACT_LIMIT,
@@ -514,12 +531,7 @@ def ffn_pruning(model, evaluate: EvaluateFn, oracle_evaluate: EvaluateFn, *,
         return pruning_curve(ranking, evaluate, what="ffn", percents=percents, random_draws=random_draws,
                              exact_limit=exact_limit, key=key, progress=progress)
 
-    by_oracle = oracle
-    if gradient is not None:  # equal drops (common with few queries): the gradient orders them
-        order = np.lexsort((gradient.values, oracle.values))
-        ranks = np.empty(n_layers)
-        ranks[order] = np.arange(n_layers)
-        by_oracle = oracle.with_values(ranks, tie_break="gradient")
+    by_oracle = oracle_order(oracle, gradient)
     return FfnPruning(oracle_ranking=oracle, oracle=curve(by_oracle),
                       gradient=None if gradient is None else curve(gradient))
 

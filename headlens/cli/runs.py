@@ -21,23 +21,32 @@ from headlens.cli.common import (
 def demo_cmd(
     out: Path = typer.Option(Path("headlens-out"), "--out", "-o", help="Folder for figures, results and report.html."),
     model: str = ModelOpt,
-    tasks: str = typer.Option("offline", "--tasks", help="Task group or comma list (default: the 14 offline tasks)."),
-    importance_limit: int = typer.Option(48, "--importance-limit", help="Train queries per task for importance."),
-    eval_limit: int = typer.Option(64, "--eval-limit", help="Test queries per task for accuracy."),
-    prune_limit: int = typer.Option(32, "--prune-limit", help="Test queries per task for each pruning point."),
-    seed: int = typer.Option(0, "--seed"),
+    preset: str = typer.Option("auto", "--preset", help="auto (real for models >= 20M parameters, else tiny), "
+                               "tiny (the shipped model's sizes) or real (sized for a 135M model on 2 CPU cores)."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Task group or comma list (default: the 14 offline tasks)."),
+    importance_limit: Optional[int] = typer.Option(None, "--importance-limit", help="Train queries per task for importance."),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Test queries per task for accuracy."),
+    prune_limit: Optional[int] = typer.Option(None, "--prune-limit", help="Test queries per task for each pruning point."),
+    prune_tasks: Optional[str] = typer.Option(None, "--prune-tasks", help="Tasks evaluated at each pruning point "
+                                              "(default: the preset's; tiny: all)."),
+    random_draws: Optional[int] = typer.Option(None, "--random-draws", help="Random subsets per pruning point when "
+                                               "there are more than 2,000 (default 50)."),
+    induction_seeds: Optional[int] = typer.Option(None, "--induction-seeds"),
+    heal_steps: Optional[int] = typer.Option(None, "--heal-steps", help="LoRA steps per healed block (0: no healing)."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
     device: Optional[str] = DeviceOpt,
 ) -> None:
-    """The whole study on the shipped model, offline: every figure and one HTML report."""
+    """The whole study on one model, offline by default: every figure and one HTML report (resumable)."""
     check_out(out)
-    from headlens.runs.demo import DemoConfig, run_demo
+    from headlens.runs.demo import resolve_config, run_demo
 
-    cfg = DemoConfig(model=model, tasks=tasks, importance_limit=importance_limit, eval_limit=eval_limit,
-                     prune_limit=prune_limit, seed=seed, device=device)
-    report = run_demo(out, cfg, log=lambda m: typer.echo(m, err=True))
+    overrides = dict(model=model, tasks=tasks, importance_limit=importance_limit, eval_limit=eval_limit,
+                     prune_limit=prune_limit, prune_tasks=prune_tasks, random_draws=random_draws,
+                     induction_seeds=induction_seeds, heal_steps=heal_steps, seed=seed, device=device)
+    resolve_config(preset if preset != "auto" else "tiny", **overrides)  # bad values fail before loading
+    report = run_demo(out, None, preset=preset, overrides=overrides, log=lambda m: typer.echo(m, err=True),
+                      progress=sys.stderr.isatty())
     typer.echo(f"report: {report.resolve()}")
-
-
 
 
 def report_cmd(
