@@ -310,21 +310,37 @@ def ranking_ref(ranking: Scores) -> dict[str, Any]:
     A ranking straight from :func:`headlens.analyses.importance.task_importance` (or its
     saved file) carries that entry's digest (``meta["cache_key"]``) and a hash of its values;
     when the values still match, the curve is keyed on the entry, so a sweep can name the
-    curve before the ranking exists. Any other ranking (aggregates, oracles, edited or
-    foreign files) is keyed on a hash of its values.
+    curve before the ranking exists. An FFN oracle from :func:`cached_ffn_oracle`, ordered by
+    :func:`oracle_order` with such an importance (or not at all), carries its
+    :func:`oracle_ref` (``meta["ranking_ref"]``) the same way. Any other ranking (aggregates,
+    oracles computed outside the cache, edited or foreign files) is keyed on a hash of its
+    values.
     """
     from headlens.results.cache import array_digest
 
     values = array_digest(ranking.values)
-    source = ranking.meta.get("cache_key")
-    if source and ranking.meta.get("values_digest") == values:
-        return importance_ref(str(source), ranking.metric)
+    if ranking.meta.get("values_digest") == values:
+        ref = ranking.meta.get("ranking_ref")  # an FFN oracle (:func:`oracle_ref`)
+        if isinstance(ref, dict):
+            return dict(ref)
+        source = ranking.meta.get("cache_key")
+        if source:
+            return importance_ref(str(source), ranking.metric)
     return {"values": values, "metric": ranking.metric}
 
 
 def importance_ref(importance_digest: str, metric: str) -> dict[str, Any]:
     """The ranking reference of the heads (``head_importance``) or FFN part of an importance entry."""
     return {"importance": importance_digest, "metric": metric}
+
+
+def oracle_ref(oracle_digest: str, tie_break: str | None = None) -> dict[str, Any]:
+    """The ranking reference of an FFN oracle entry (:func:`ffn_oracle_key`) as a ranking.
+
+    ``tie_break``: the digest of the importance entry whose FFN scores order equal drops
+    (:func:`oracle_order`), or None when equal drops keep layer order.
+    """
+    return {"ffn_oracle": oracle_digest, "tie_break": tie_break, "metric": "ffn_importance"}
 
 
 def curve_key(model, task, shots: int, ranking: Scores | dict, options: CurveOptions | None = None, *,
@@ -403,12 +419,36 @@ def cached_curve(evaluator: TaskEvaluator, ranking: Scores, *, what: What = "hea
     return df
 
 
-def oracle_key(evaluator: TaskEvaluator):
-    """The cache key of :func:`cached_ffn_oracle`: the evaluator's queries by content, :data:`VERSION`."""
+def ffn_oracle_key(model, task, shots: int, *, limit: int | None = None, seed: int = 0, split: str | None = None,
+                   metric: str = "acc", data_dir=None):
+    """The cache key of :func:`cached_ffn_oracle` on a :class:`TaskEvaluator` of these arguments.
+
+    Built like :func:`curve_key` (model content fingerprint and dtype, the content of the
+    evaluated data, shots, ``limit``, demonstration seed, split, metric, :data:`VERSION`), so
+    a sweep can name it before loading the model.
+
+    Args:
+        model: a bridge or a :class:`~headlens.results.cache.ModelKey`.
+        split: default: the task's importance split (where the oracle is meant to be measured).
+    """
     from headlens.model.fingerprint import model_key
     from headlens.results.cache import CacheKey
+    from headlens.tasks import get_task
+    from headlens.tasks.sources import data_fingerprint
 
-    return CacheKey.make("ffn_oracle", shape=model_key(evaluator.model).shape, **evaluator.key, version=VERSION)
+    task = get_task(task)
+    mk = model_key(model)
+    split = split or task.importance_split
+    splits = {split} | ({task.train_split} if shots else set())
+    return CacheKey.make("ffn_oracle", shape=mk.shape, model=mk.part(), data=data_fingerprint(task, splits, data_dir),
+                         shots=int(shots), limit=limit, seed=seed, split=split, metric=metric, version=VERSION)
+
+
+def oracle_key(evaluator: TaskEvaluator):
+    """The cache key of :func:`cached_ffn_oracle` on ``evaluator`` (:func:`ffn_oracle_key`)."""
+    return ffn_oracle_key(evaluator.model, evaluator.task, evaluator.shots, limit=evaluator.limit,
+                          seed=evaluator.seed, split=evaluator.prepared.split, metric=evaluator.metric,
+                          data_dir=evaluator.data_dir)
 
 
 def cached_ffn_oracle(model, evaluator: TaskEvaluator, *, cache=None) -> Scores:
@@ -416,17 +456,23 @@ def cached_ffn_oracle(model, evaluator: TaskEvaluator, *, cache=None) -> Scores:
 
     One evaluation without gates and one per FFN block. Run it on the data the ranking is
     meant to be learnt from (the task's importance split), not on the evaluation queries.
+    The returned scores carry ``meta["ranking_ref"]`` (:func:`oracle_ref` of the entry) and
+    ``meta["values_digest"]``, so a curve by them is keyed on the entry (:func:`ranking_ref`).
     """
+    from dataclasses import replace
+
     from headlens.analyses.importance import ffn_oracle
-    from headlens.results.cache import ResultCache, valid_scores
+    from headlens.results.cache import ResultCache, array_digest, valid_scores
 
     def valid(value, key) -> bool:
         fp = key.parts["model"]["fingerprint"]
         return valid_scores(value, None if key.shape is None else key.shape[:1], fp)
 
     cache = ResultCache(enabled=False) if cache is False else (cache or ResultCache())
-    return Scores.from_dict(cache.get_or_compute(oracle_key(evaluator), lambda: ffn_oracle(model, evaluator).to_dict(),
-                                                 validate=valid))
+    key = oracle_key(evaluator)
+    scores = Scores.from_dict(cache.get_or_compute(key, lambda: ffn_oracle(model, evaluator).to_dict(), validate=valid))
+    return replace(scores, meta={**scores.meta, "ranking_ref": oracle_ref(key.digest),
+                                 "values_digest": array_digest(scores.values)})
 
 
 @dataclass(frozen=True)
@@ -468,8 +514,16 @@ def oracle_order(oracle: Scores, gradient: Scores | None = None) -> Scores:
     """The FFN oracle as a ranking: lowest accuracy drop first, equal drops (common with few
     queries) in the order of ``gradient`` importance when given, else by layer index.
 
-    Returns Scores of ranks 0 .. n_layers-1 (0 = removed first).
+    Returns Scores of ranks 0 .. n_layers-1 (0 = removed first); ``oracle`` itself when
+    ``gradient`` is None. When ``oracle`` comes from :func:`cached_ffn_oracle` and
+    ``gradient`` straight from an importance entry (``task_importance(...).ffn``), the result
+    carries :func:`oracle_ref` of both entries (``meta["ranking_ref"]``), so its curve is
+    keyed on them (what sweeps name before computing); otherwise on its values.
     """
+    from dataclasses import replace
+
+    from headlens.results.cache import array_digest
+
     if gradient is None:
         return oracle
     if gradient.values.shape != oracle.values.shape:
@@ -478,7 +532,14 @@ def oracle_order(oracle: Scores, gradient: Scores | None = None) -> Scores:
     order = np.lexsort((gradient.values, oracle.values))
     ranks = np.empty(oracle.values.size)
     ranks[order] = np.arange(oracle.values.size)
-    return oracle.with_values(ranks, tie_break="gradient")
+    meta = {k: v for k, v in oracle.meta.items() if k not in ("ranking_ref", "values_digest", "cache_key")}
+    meta["tie_break"] = "gradient"
+    source, tie = oracle.meta.get("ranking_ref"), gradient.meta.get("cache_key")
+    if (isinstance(source, dict) and source.get("ffn_oracle") and source.get("tie_break") is None
+            and oracle.meta.get("values_digest") == array_digest(oracle.values)
+            and tie and gradient.meta.get("values_digest") == array_digest(gradient.values)):
+        meta.update(ranking_ref=oracle_ref(source["ffn_oracle"], str(tie)), values_digest=array_digest(ranks))
+    return replace(oracle, values=ranks, std=None, meta=meta)
 
 
 def ffn_pruning(model, evaluate: EvaluateFn, oracle_evaluate: EvaluateFn, *,
@@ -543,8 +604,10 @@ def resolve_ranking(bridge, source: str, task, shots: int, what: str, *, limit=N
 
     ``source`` is ``self`` (this task's importance), ``TASK`` or ``TASK:SHOTS`` (cross-task
     transfer), ``aggregate`` (normalised mean over the task's group at ``shots``), ``oracle``
-    (FFNs only: accuracy drop when one FFN is removed, on the importance split) or the path
-    of a saved Scores ``.json``. ``options`` (an
+    (FFNs only: accuracy drop when one FFN is removed, measured on the queries the gradient
+    importance uses: the importance split, its ``limit``, ``seed``; equal drops ordered by
+    this task's own gradient FFN importance, :func:`oracle_order`, exactly as sweeps rank
+    them, so both name the same curve entry) or the path of a saved Scores ``.json``. ``options`` (an
     :class:`~headlens.analyses.importance.ImportanceOptions`) replaces ``limit``, ``seed`` and
     ``variant``. A saved ranking of another model (its ``model_fingerprint``) is refused
     unless ``allow_other_model``.
@@ -570,9 +633,11 @@ def resolve_ranking(bridge, source: str, task, shots: int, what: str, *, limit=N
     if source == "oracle":  # the reference's FFN oracle: accuracy drop when one FFN is removed
         if what != "ffn":
             raise HeadlensError("--ranking oracle ranks FFN blocks; use it with --what ffn")
-        ev = TaskEvaluator(bridge, task, shots, split=task.importance_split, limit=limit, seed=seed,
+        task = get_task(task)
+        resolved = options.resolved(task)  # the same queries as the gradient importance
+        ev = TaskEvaluator(bridge, task, shots, split=resolved["split"], limit=resolved["limit"], seed=seed,
                            data_dir=data_dir)
-        return cached_ffn_oracle(bridge, ev, cache=cache)
+        return oracle_order(cached_ffn_oracle(bridge, ev, cache=cache), imp(task, shots))
     if source == "self":
         return imp(task, shots)
     if source == "aggregate":

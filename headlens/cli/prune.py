@@ -26,7 +26,8 @@ def prune_cmd(
     shots: int = typer.Option(0, "--shots", "-k"),
     ranking: str = typer.Option("self", "--ranking", help="self (this task's importance), TASK or "
                                 "TASK:SHOTS (cross-task transfer), aggregate, oracle (FFNs: accuracy "
-                                "drop when removed, on the train split), or a saved scores .json."),
+                                "drop when each is removed alone, on the importance queries; equal "
+                                "drops by this task's gradient ranking), or a saved scores .json."),
     what: str = typer.Option("heads", "--what", help="heads, ffn, or grid (heads% x FFN%)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Queries evaluated per point."),
     importance_limit: Optional[int] = typer.Option(None, "--importance-limit", help="Queries for the ranking."),

@@ -46,7 +46,7 @@ class JobRecord:
         j = self.job
         return {"key": j.key, "analysis": j.analysis, "model": j.model.name, "task": j.task_name,
                 "shots": j.shots, "variant": j.variant, "seed": j.seed, "limit": j.limit,
-                "status": self.status, "attempts": self.attempts, "error": self.error,
+                "what": j.option("what"), "ranking": j.option("ranking"), "status": self.status, "attempts": self.attempts, "error": self.error,
                 "seconds": round(self.seconds, 3), "command": j.command}
 
 

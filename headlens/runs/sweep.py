@@ -19,8 +19,10 @@ Keys of a sweep file (unknown keys are an error that names the closest valid one
     ``offline``, or task files); ``shots``; ``seeds`` (demonstration draws); ``limit``
     (importance queries per task); ``data_dir``; ``output``; ``cache``; ``retries`` (default
     1); ``dtype``/``device`` (defaults for every model); ``analyses``, a mapping (or list) of:
-    ``importance: {variants, batch_size}``, ``pruning: {what, variant, limit, random_seeds,
-    batch_size}`` (``limit``: evaluation queries), ``induction: {scores, copying, seeds}``
+    ``importance: {variants, batch_size}``, ``pruning: {what, variant, ffn_ranking, limit,
+    random_draws, batch_size}`` (``limit``: evaluation queries; ``random_draws``: random
+    subsets per point when C(n, k) > 2,000, old name ``random_seeds``; ``ffn_ranking``: the
+    FFN curves, ``oracle`` and/or ``gradient``), ``induction: {scores, copying, seeds}``
     (``seeds``: how many token sequences), ``layer_distances: {n_texts, text_file, dataset,
     seed, batch_size, max_len}``.
 
@@ -38,7 +40,7 @@ Example sweep file::
     output: results/study
     analyses:
       importance: {variants: [bansal]}
-      pruning: {what: [heads, ffn], random_seeds: 3}
+      pruning: {what: [heads, ffn], random_draws: 50}   # FFNs: oracle and gradient curves
 """
 
 from __future__ import annotations
@@ -50,16 +52,22 @@ import shlex
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from headlens.analyses.importance import VARIANTS as IMPORTANCE_VARIANTS
 from headlens.analyses.induction import COPYING_VARIANTS
 from headlens.analyses.induction import SCORES as INDUCTION_SCORES
+from headlens.analyses.pruning import RANDOM_DRAWS
 from headlens.analyses.pruning import WHAT as PRUNE_WHAT
 from headlens.errors import HeadlensError, closest
 from headlens.results.cache import CacheKey, ModelKey
 
 ANALYSES: tuple[str, ...] = ("importance", "pruning", "induction", "layer_distances")
+# How a sweep ranks FFN blocks for their pruning curves: ``oracle`` (the study's: accuracy drop
+# when one FFN alone is removed, on the importance queries; equal drops by the gradient
+# ranking) and ``gradient`` (the gradient-gate FFN importance). CLI: ``--ranking oracle|self``.
+FfnRanking = Literal["oracle", "gradient"]
+FFN_RANKINGS: tuple[str, ...] = get_args(FfnRanking)
 TASK_GROUPS: tuple[str, ...] = ("all", "study", "offline")
 DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
 _TASK_FILE_SUFFIXES = (".jsonl", ".yaml", ".yml", ".toml")
@@ -178,20 +186,40 @@ class ImportanceSpec:
 
 @dataclass(frozen=True)
 class PruningSpec:
-    """Accuracy vs % of heads/FFNs removed by the task's own importance ranking."""
+    """Accuracy vs % of heads/FFNs removed by the task's own ranking, against random removal.
+
+    Attributes:
+        what: ``heads`` and/or ``ffn``.
+        variant: the gradient importance variant (head ranking, FFN gradient ranking, and
+            the FFN oracle's tie-break).
+        ffn_ranking: one FFN curve per entry, in this order: ``oracle`` (removal oracle, the
+            study's ranking, default first) and/or ``gradient``.
+        limit: evaluation queries per point (None: the whole evaluation split).
+        random_draws: random subsets per point when C(n, k) > 2,000 (else every subset);
+            the sweep file's old name ``random_seeds`` means the same.
+        batch_size: evaluation batch size.
+    """
 
     what: tuple[str, ...] = ("heads",)
     variant: str = "bansal"
+    ffn_ranking: tuple[str, ...] = FFN_RANKINGS
     limit: int | None = None
-    random_seeds: int = 3
+    random_draws: int = RANDOM_DRAWS
     batch_size: int = 16
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "what", _str_tuple(self.what, "pruning.what", PRUNE_WHAT))
+        object.__setattr__(self, "ffn_ranking", _str_tuple(self.ffn_ranking, "pruning.ffn_ranking", FFN_RANKINGS))
         _str_tuple(self.variant, "pruning.variant", IMPORTANCE_VARIANTS)
         _opt_int(self.limit, "pruning.limit")
-        _opt_int(self.random_seeds, "pruning.random_seeds")
+        if not (_is_int(self.random_draws) and self.random_draws >= 1):
+            raise _fail("pruning.random_draws", f"must be an integer >= 1 (random subsets per point), "
+                                                f"got {self.random_draws!r}; the default is {RANDOM_DRAWS}")
         _opt_int(self.batch_size, "pruning.batch_size")
+
+    def curves(self) -> list[tuple[str, str]]:
+        """(what, ranking) of every curve: heads by ``gradient``, FFNs by each ``ffn_ranking``."""
+        return [(w, r) for w in self.what for r in (("gradient",) if w == "heads" else self.ffn_ranking)]
 
 
 @dataclass(frozen=True)
@@ -358,8 +386,12 @@ def parse_sweep(data: Any, *, origin: str = "<sweep>", base: str | os.PathLike |
     analyses: dict[str, Any] = {}
     for name, opts in analyses_raw.items():
         cls = _ANALYSIS_SPECS[name]
-        opts = {} if opts in (None, True) else _check_keys(opts, f"{origin}: analyses.{name}",
-                                                          [f.name for f in fields(cls)])
+        allowed = [f.name for f in fields(cls)] + (["random_seeds"] if name == "pruning" else [])
+        opts = {} if opts in (None, True) else _check_keys(opts, f"{origin}: analyses.{name}", allowed)
+        if "random_seeds" in opts:  # the old name of random_draws, same meaning
+            if "random_draws" in opts:
+                raise _fail(origin, "analyses.pruning: give random_draws or its old name random_seeds, not both")
+            opts["random_draws"] = opts.pop("random_seeds")
         if name == "layer_distances" and opts.get("text_file"):
             opts["text_file"] = _abs(opts["text_file"], base)
         if name == "pruning" and "variant" not in opts and "importance" in analyses_raw:
@@ -460,6 +492,8 @@ class Job:
             parts.append(self.variant)
         if self.analysis == "pruning":
             parts.append(str(self.option("what")))
+            if self.option("what") == "ffn":
+                parts.append(str(self.option("ranking")))
         if self.analysis in ("importance", "pruning"):
             parts.append(f"seed {self.seed}")
         return " ".join(parts)
@@ -495,12 +529,21 @@ def expand(spec: SweepSpec) -> list[Job]:
     Every job's ``entry`` comes from the analysis's key function, exactly as the library
     computes it. Pruning jobs depend on the importance job of the same task, shots, seed and
     variant when the sweep has one; the runner schedules them after it (the ranking is then
-    a cache hit), and their curve is keyed on that importance entry.
+    a cache hit), and their curve is keyed on that importance entry. An FFN curve by the
+    removal oracle is keyed on the oracle's entry (:func:`~headlens.analyses.pruning.ffn_oracle_key`
+    on the importance queries) and that importance entry (its tie-break), as
+    ``headlens prune --what ffn --ranking oracle`` keys it.
     """
     from headlens.analyses.importance import ImportanceOptions, importance_key
     from headlens.analyses.induction import InductionOptions, induction_key
     from headlens.analyses.layers import DistancesOptions, distances_key
-    from headlens.analyses.pruning import CurveOptions, curve_key, importance_ref
+    from headlens.analyses.pruning import (
+        CurveOptions,
+        curve_key,
+        ffn_oracle_key,
+        importance_ref,
+        oracle_ref,
+    )
     from headlens.results.scores import version
     from headlens.tasks import get_task
     from headlens.tasks.texts import DatasetTexts
@@ -545,14 +588,21 @@ def expand(spec: SweepSpec) -> list[Job]:
                         p = spec.pruning
                         ranking_settings, ranking_key = imp[p.variant]
                         dep = (ranking_key.digest,) if p.variant in variants else ()
-                        for what in p.what:
-                            curve = CurveOptions(what=what, random_draws=p.random_seeds)  # draws, as --random-seeds
-                            ref = importance_ref(ranking_key.digest, "head_importance" if what == "heads"
-                                                 else "ffn_importance")
+                        for what, ranking in p.curves():
+                            curve = CurveOptions(what=what, random_draws=p.random_draws)
+                            if ranking == "oracle":  # as resolve_ranking("oracle"): the importance queries
+                                q = ranking_settings.resolved(task)
+                                oracle = ffn_oracle_key(mk, task, shots, limit=q["limit"], seed=seed, split=q["split"],
+                                                        data_dir=spec.data_dir)
+                                ref = oracle_ref(oracle.digest, ranking_key.digest)
+                            else:
+                                ref = importance_ref(ranking_key.digest, "head_importance" if what == "heads"
+                                                     else "ffn_importance")
                             entry = curve_key(mk, task, shots, ref, curve, limit=p.limit, seed=seed,
                                               data_dir=spec.data_dir)
-                            opts = (("what", what), ("eval_limit", p.limit), ("random_seeds", p.random_seeds),
-                                    ("batch_size", p.batch_size), ("importance_batch_size", batch))
+                            opts = (("what", what), ("ranking", ranking), ("eval_limit", p.limit),
+                                    ("random_draws", p.random_draws), ("batch_size", p.batch_size),
+                                    ("importance_batch_size", batch))
                             jobs.append(Job("pruning", entry=entry, variant=p.variant, options=opts,
                                             settings=(ranking_settings, curve), depends=dep, **base))
     return jobs
@@ -576,7 +626,9 @@ def reproduce_command(job: Job) -> str:
     elif job.analysis == "pruning":
         cmd = (f"headlens prune --model {q(m.name)} --task {q(job.task)} --shots {job.shots} "
                f"--what {job.option('what')} --variant {job.variant} --seed {job.seed} "
-               f"--importance-limit {job.limit} --random-seeds {job.option('random_seeds')}")
+               f"--importance-limit {job.limit} --random-draws {job.option('random_draws')}")
+        if job.option("ranking") == "oracle":
+            cmd += " --ranking oracle"
         if job.option("eval_limit") is not None:
             cmd += f" --limit {job.option('eval_limit')}"
     elif job.analysis == "induction":
@@ -629,13 +681,14 @@ def _run_importance(bridge, job: Job, cache) -> tuple[dict, CacheKey]:
 
 
 def _run_pruning(bridge, job: Job, cache) -> tuple[dict, CacheKey]:
-    from headlens.analyses.importance import task_importance
-    from headlens.analyses.pruning import TaskEvaluator, cached_curve
+    from headlens.analyses.pruning import TaskEvaluator, cached_curve, resolve_ranking
+    from headlens.tasks import get_task
 
     ranking_settings, curve = job.settings
-    imp = task_importance(bridge, job.task, job.shots, options=ranking_settings, data_dir=job.data_dir, cache=cache,
-                          progress=False)
-    ranking = imp.heads if curve.what == "heads" else imp.ffn
+    # the CLI's own resolution (prune --ranking self|oracle), so both name the same entry
+    ranking = resolve_ranking(bridge, "oracle" if job.option("ranking") == "oracle" else "self",
+                              get_task(job.task), job.shots, curve.what, options=ranking_settings,
+                              data_dir=job.data_dir, cache=cache)
     evaluator = TaskEvaluator(bridge, job.task, job.shots, limit=job.option("eval_limit"), seed=job.seed,
                               data_dir=job.data_dir, batch_size=job.option("batch_size", 16))
     df = cached_curve(evaluator, ranking, options=curve, cache=cache, progress=False)
@@ -679,7 +732,8 @@ def output_paths(job: Job) -> list[Path]:
     if job.analysis == "importance":
         return [folder / f"heads-{stem}.json", folder / f"ffn-{stem}.json"]
     if job.analysis == "pruning":
-        return [folder / f"{job.option('what')}-{stem}.csv"]
+        what = job.option("what")
+        return [folder / (f"{what}-{stem}.csv" if what == "heads" else f"{what}-{job.option('ranking')}-{stem}.csv")]
     if job.analysis == "induction":
         name = job.option("score") + (f"-{job.variant}" if job.variant else "")
         return [folder / f"{name}-seeds{job.option('seeds')}.json"]

@@ -202,7 +202,8 @@ def sweep_spec(tmp_path_factory):
         return parse_sweep({"name": name, "models": [model], "tasks": ["copa"], "shots": [1], "limit": 2,
                             "data_dir": str(FIXTURES), "output": str(root / f"out-{name}"),
                             "cache": str(root / f"cache-{name}"),
-                            "analyses": {"importance": None, "pruning": {"random_seeds": 1, "limit": 2},
+                            "analyses": {"importance": None,
+                                         "pruning": {"what": ["heads", "ffn"], "random_draws": 1, "limit": 2},
                                          "induction": {"seeds": 2, "copying": ["corrected"]},
                                          "layer_distances": {"n_texts": 3, "text_file": str(texts)}}})
     return make
@@ -235,10 +236,13 @@ def test_sweep_results_are_hits_for_the_cli(sweep_spec, monkeypatch):
 
     spec = sweep_spec("sweep-first")
     report = run_sweep(spec)
-    assert report.count("done") == 5, report.summary()
+    assert report.count("done") == 7, report.summary()
     _forbid_computing(monkeypatch)
-    for record in report.records:  # importance, prune, induction, layers distances: all from the cache
-        _run_cli(record.job.command)
+    commands = [record.job.command for record in report.records]
+    oracle = [c for c in commands if "--ranking oracle" in c]  # the FFN oracle curve's command
+    assert len(oracle) == 1 and "headlens prune" in oracle[0] and "--what ffn" in oracle[0]
+    for command in commands:  # importance, prune (heads, FFN oracle, FFN gradient), induction, layers distances
+        _run_cli(command)  # all from the cache: the oracle ranking and its curve included
 
 
 def test_cli_results_are_hits_for_the_sweep(sweep_spec, monkeypatch):
@@ -256,7 +260,7 @@ def test_cli_results_are_hits_for_the_sweep(sweep_spec, monkeypatch):
 
     monkeypatch.setattr(sweep, "run_job", never)
     report = run_sweep(spec)
-    assert report.count("cached") == len(jobs) == 5, report.summary()
+    assert report.count("cached") == len(jobs) == 7, report.summary()
     assert len(list(Path(spec.output).rglob("*.json"))) >= 5  # outputs written from the cache
 
 
@@ -271,7 +275,7 @@ def test_sweep_skips_nothing_on_a_damaged_entry(sweep_spec):
         entry.write_text(json.dumps(data))
     assert [j.analysis for j, cached in plan(spec) if not cached] == ["importance"]
     report = run_sweep(spec)
-    assert report.count("done") == 1 and report.count("cached") == 4, report.summary()
+    assert report.count("done") == 1 and report.count("cached") == 6, report.summary()
 
 
 # ----------------------------------------------------------------------------- model identity

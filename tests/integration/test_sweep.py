@@ -120,7 +120,7 @@ def test_expansion_order_dependencies_and_resources(two_models, tmp_path):
                         "analyses": {"importance": {"variants": ["bansal", "michel"]},
                                      "pruning": {"what": ["heads", "ffn"]}}})
     jobs = expand(spec)
-    assert len(jobs) == 2 * 2 * 2 * (2 + 2)  # tasks x shots x seeds x (2 variants + 2 curves)
+    assert len(jobs) == 2 * 2 * 2 * (2 + 3)  # tasks x shots x seeds x (2 variants + heads, FFN oracle, FFN gradient)
     assert len({j.key for j in jobs}) == len(jobs)
     imp = {j.key: j for j in jobs if j.analysis == "importance"}
     for j in (j for j in jobs if j.analysis == "pruning"):
@@ -301,6 +301,88 @@ def test_pruning_and_layer_distance_jobs_equal_direct_calls(two_models, tmp_path
         check(json.loads(res.stdout.strip().splitlines()[-1]))
 
 
+def test_pruning_random_draws_alias_and_ffn_rankings(two_models, tmp_path):
+    """random_draws (old name random_seeds, same meaning), ffn_ranking (oracle first by default):
+    one curve job per FFN ranking, each with its own entry, file and reproduce command."""
+    base = {**grid(two_models, tmp_path, "rk"), "models": [two_models["gpt2"]], "tasks": ["copa"], "shots": [1]}
+
+    def spec(**pruning):
+        return parse_sweep({**base, "analyses": {"importance": None, "pruning": {"what": ["heads", "ffn"], **pruning}}})
+
+    default = spec().pruning
+    assert default.random_draws == 50 and default.ffn_ranking == ("oracle", "gradient")
+    old, new = spec(random_seeds=7), spec(random_draws=7)
+    assert old.pruning.random_draws == new.pruning.random_draws == 7
+    assert [j.key for j in expand(old)] == [j.key for j in expand(new)]  # the alias names the same entries
+    jobs = expand(new)
+    curves = [j for j in jobs if j.analysis == "pruning"]
+    assert [(j.option("what"), j.option("ranking")) for j in curves] == [("heads", "gradient"), ("ffn", "oracle"),
+                                                                         ("ffn", "gradient")]
+    assert len({j.key for j in curves}) == len({j.label for j in curves}) == 3
+    assert len({p for j in curves for p in sweep.output_paths(j)}) == 3
+    imp = next(j for j in jobs if j.analysis == "importance")
+    assert all(j.depends == (imp.key,) for j in curves)  # the oracle's ties are broken by that importance
+    for j in curves:
+        assert "--random-draws 7" in j.command and "--random-seeds" not in j.command
+        assert ("--ranking oracle" in j.command) == (j.option("ranking") == "oracle")
+    only = [j.option("ranking") for j in expand(spec(ffn_ranking="gradient")) if j.option("what") == "ffn"]
+    assert only == ["gradient"]
+    for bad, fragment in (({"ffn_ranking": ["gradint"]}, "did you mean gradient"),
+                          ({"random_draws": 0}, "random_draws: must be an integer >= 1"),
+                          ({"random_seeds": 0}, "random_draws: must be an integer >= 1"),
+                          ({"random_seeds": 3, "random_draws": 3}, "not both")):
+        with pytest.raises(HeadlensError, match=fragment):
+            spec(**bad)
+
+
+def test_ffn_oracle_curve_is_a_sweep_output_and_dry_run_tells_what_is_cached(two_models, tmp_path):
+    """The default FFN curve ranks by removal on the importance queries (ties by the gradient
+    ranking), measured on the evaluation queries: equal to a hand-made ranking's curve."""
+    import pandas as pd
+
+    from headlens.analyses.importance import ffn_oracle, task_importance
+    from headlens.analyses.pruning import TaskEvaluator, pruning_curve
+    from headlens.model.loading import load_model
+    from headlens.results.scores import Scores
+
+    data = {**grid(two_models, tmp_path, "oracle"), "models": [two_models["gpt2"]], "tasks": ["copa"], "shots": [1],
+            "analyses": {"pruning": {"what": "ffn", "random_draws": 1, "limit": 2}}}
+    spec = parse_sweep(data)
+    assert [c for _, c in plan(spec)] == [False, False]
+    report = run_sweep(spec)
+    assert report.count("done") == 2, report.summary()
+    assert [c for _, c in plan(spec)] == [True, True]
+    folder = Path(data["output"]) / "gpt2" / "pruning"
+    saved = {r: pd.read_csv(folder / f"ffn-{r}-copa-1shot-bansal-seed0.csv") for r in ("oracle", "gradient")}
+    bridge = load_model(two_models["gpt2"], device="cpu")
+    gradient = task_importance(bridge, "copa", 1, limit=2, data_dir=FIXTURES, cache=False, progress=False).ffn
+    drops = ffn_oracle(bridge, TaskEvaluator(bridge, "copa", 1, split="train", limit=2, data_dir=FIXTURES)).values
+    order = sorted(range(len(drops)), key=lambda layer: (drops[layer], gradient.values[layer]))  # by hand
+    ranks = np.empty(len(drops))
+    ranks[order] = np.arange(len(drops))
+    evaluate = TaskEvaluator(bridge, "copa", 1, limit=2, data_dir=FIXTURES)
+    for name, ranking in (("oracle", Scores(ranks, metric="ffn_importance")), ("gradient", gradient)):
+        direct = pruning_curve(ranking, evaluate, what="ffn", random_draws=1, progress=False)
+        np.testing.assert_allclose(saved[name][["percent", "acc", "acc_random_mean"]].to_numpy(),
+                                   direct[["percent", "acc", "acc_random_mean"]].to_numpy())
+    # `prune --ranking oracle` resolves the same ranking (from the sweep's cache) and names the same entry
+    from headlens.analyses.pruning import CurveOptions, resolve_ranking
+    from headlens.results.cache import ResultCache
+    from headlens.tasks import get_task
+
+    cache = ResultCache(spec.cache)
+    cli_ranking = resolve_ranking(bridge, "oracle", get_task("copa"), 1, "ffn", limit=2, data_dir=FIXTURES,
+                                  cache=cache)
+    assert cache.misses == 0 and cache.hits == 2  # the oracle and the importance that breaks its ties
+    np.testing.assert_array_equal(cli_ranking.values, ranks)
+    assert (ranks != np.arange(len(drops))).any()  # here equal drops: the gradient order is not layer order
+    oracle_job = next(r.job for r in report.records if r.job.option("ranking") == "oracle")
+    assert evaluate.curve_key(cli_ranking, CurveOptions(what="ffn", random_draws=1)) == oracle_job.entry
+    # only the oracle curve's entry gone: dry-run says so, though the oracle ranking itself is cached
+    (Path(spec.cache) / "pruning" / f"{oracle_job.key}.json").unlink()
+    assert [(j.option("ranking"), c) for j, c in plan(spec)] == [("oracle", False), ("gradient", True)]
+
+
 def test_induction_jobs_equal_direct_calls(two_models, tmp_path):
     from headlens.analyses import induction
     from headlens.model.loading import load_model
@@ -352,7 +434,9 @@ def test_example_sweep_files_parse():
     spec = load_sweep("data/sweeps/study.yaml")
     assert len(spec.tasks) == 14 and spec.shots == (0, 1, 5) and spec.importance and spec.pruning
     jobs = expand(spec)
-    per_model = 14 * 3 * (len(spec.importance.variants) + len(spec.pruning.what))
+    assert spec.pruning.what == ("heads", "ffn") and spec.pruning.ffn_ranking == ("oracle", "gradient")
+    assert spec.pruning.random_draws == 50
+    per_model = 14 * 3 * (len(spec.importance.variants) + 3)  # heads, FFN oracle, FFN gradient
     assert len(jobs) == per_model * len(spec.models)
     text = Path("data/sweeps/offline.yaml").read_text()
     assert "tiny-icl" in text and "offline" in text
