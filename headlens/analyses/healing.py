@@ -30,9 +30,15 @@ import torch
 from torch import nn
 
 from headlens.errors import HeadlensError
+from headlens.model.lm import freeze, nll_sum
 from headlens.model.surgery import clean_hf_copy, inherit_source, wrap_hf
-from headlens.model.lm import nll_sum
-from headlens.tasks.texts import TextSource, batches, check_disjoint, load_texts, split_heldout
+from headlens.tasks.texts import (
+    TextSource,
+    batches,
+    check_disjoint,
+    load_texts,
+    split_heldout,
+)
 
 _FFN = {
     "gpt2": r".*\.mlp\.(c_fc|c_proj)",
@@ -170,7 +176,12 @@ def heal(model, texts: TextSource | Sequence[str], *, heldout: Sequence[str] | N
         HeadlensError: an invalid option (:func:`check_options`), ``heldout`` texts that are
             also training texts, or a loss or merged weight that is NaN or infinite.
     """
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from peft import (
+        LoraConfig,
+        get_peft_model,
+        get_peft_model_state_dict,
+        set_peft_model_state_dict,
+    )
     from transformers import get_cosine_schedule_with_warmup
 
     check_options(steps=steps, rank=rank, lr=lr, batch_size=batch_size, max_len=max_len,
@@ -188,8 +199,7 @@ def heal(model, texts: TextSource | Sequence[str], *, heldout: Sequence[str] | N
     t0 = time.perf_counter()
 
     base = clean_hf_copy(model)
-    for p in base.parameters():
-        p.requires_grad_(False)
+    base.requires_grad_(False)  # only the LoRA adapters train
     loss_kw = dict(tokenizer=tok, batch_size=batch_size, max_len=max_len, prepend_bos=bos)
     train_before = _hf_loss(base, texts=train, what="training (before healing)", **loss_kw)
     held_before = _hf_loss(base, texts=held, what="held-out (before healing)", **loss_kw)
@@ -240,8 +250,7 @@ def heal(model, texts: TextSource | Sequence[str], *, heldout: Sequence[str] | N
         merged = full.merge_and_unload()
     else:
         merged = trained.merge_and_unload()
-    for p in merged.parameters():
-        p.requires_grad_(False)
+    freeze(merged)
     bad = [n for n, p in merged.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
         raise HeadlensError(f"healing: {len(bad)} merged weight tensors hold NaN or inf (e.g. {bad[0]}) "

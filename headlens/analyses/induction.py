@@ -26,8 +26,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from headlens.model import hooknames
 from headlens.errors import HeadlensError, closest
+from headlens.model import hooknames
+from headlens.model.lm import device_of
 from headlens.results.scores import Scores
 
 CopyingVariant = Literal["paper", "corrected", "eigen"]
@@ -291,10 +292,6 @@ def _progress(seeds: list[int], progress: bool, desc: str):
     return tqdm(seeds, desc=desc, unit="seed")
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _aggregate(per_seed: list[Tensor], metric: str, model, meta: dict) -> Scores:
     from headlens.model.loading import model_info
 
@@ -326,7 +323,7 @@ def _pattern_scores(model, seeds: list[int], reduce, *, n_repeats: int, exclude_
 
         hooks = [(hooknames.pattern(layer), keep) for layer in range(n_layers)]
         with torch.no_grad():
-            model.run_with_hooks(toks[None].to(_device(model)), fwd_hooks=hooks)
+            model.run_with_hooks(toks[None].to(device_of(model)), fwd_hooks=hooks)
         per_seed.append(out)
     return per_seed
 
@@ -526,7 +523,7 @@ def _paper_run(model, toks: Tensor) -> tuple[list[Tensor], list[Tensor]]:
     hooks += [(hooknames.resid_pre(0), store_embed)]
     hooks += [(hooknames.resid_pre(l), feed_embed) for l in range(1, n_layers)]
     hooks += [(hooknames.v(l), keep) for l in range(n_layers)]
-    model.run_with_hooks(toks[None].to(_device(model)), fwd_hooks=hooks)
+    model.run_with_hooks(toks[None].to(device_of(model)), fwd_hooks=hooks)
     return [attended[l] for l in range(n_layers)], [acts[l] for l in range(n_layers)]
 
 
@@ -677,7 +674,7 @@ def _corrected_seed(model, seed: int, *, exclude_frac: float, bos: bool, chunk_s
     hooks = [(hooknames.pattern(l), keep_attended) for l in range(n_layers)]
     hooks += [(hooknames.v(l), keep_values) for l in range(n_layers)]
     hooks += [(hooknames.final_scale(), keep_scale)]
-    model.run_with_hooks(toks[None].to(_device(model)), fwd_hooks=hooks)
+    model.run_with_hooks(toks[None].to(device_of(model)), fwd_hooks=hooks)
     center = str(getattr(model.cfg, "normalization_type", None) or "").startswith("LN")
     weight = _ln_weight(model.ln_final)
     kv = _kv_index(model)

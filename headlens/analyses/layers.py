@@ -26,7 +26,7 @@ from torch import Tensor
 
 from headlens.errors import HeadlensError
 from headlens.model import hooknames
-from headlens.model.lm import nll_sum
+from headlens.model.lm import device_of, nll_sum
 from headlens.model.surgery import deepest_block, remove_layers
 from headlens.tasks.texts import (
     DatasetTexts,
@@ -60,10 +60,6 @@ def _texts(texts: TextSource | Sequence[str]) -> list[str]:
 
 def _prepend_bos(model) -> bool:
     return bool(getattr(model.cfg, "default_prepend_bos", True))
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
 
 
 # ----------------------------------------------------------------------------- distances
@@ -196,7 +192,7 @@ def layer_distances(model, texts: TextSource | Sequence[str], *, batch_size: int
     total = torch.zeros(size, size, dtype=torch.float64)
     truncated = 0
     for batch in batches(model.tokenizer, texts, batch_size=batch_size, max_len=max_len,
-                         prepend_bos=_prepend_bos(model), device=_device(model)):
+                         prepend_bos=_prepend_bos(model), device=device_of(model)):
         total += angular_gram(residual_points(model, batch.tokens, batch.mask)).sum(0).cpu()
         truncated += batch.truncated
     from headlens.model.loading import model_info
@@ -316,7 +312,7 @@ def lm_loss(model, texts: TextSource | Sequence[str], *, batch_size: int = 8,
     total, count = torch.zeros((), dtype=torch.float64), 0
     with torch.no_grad():
         for batch in batches(model.tokenizer, texts, batch_size=batch_size, max_len=max_len,
-                             prepend_bos=_prepend_bos(model), device=_device(model)):
+                             prepend_bos=_prepend_bos(model), device=device_of(model)):
             logits = model(batch.tokens, attention_mask=batch.mask)
             s, c = nll_sum(logits, batch.tokens, batch.mask)
             total += s.double().cpu()

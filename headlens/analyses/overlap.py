@@ -30,8 +30,11 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats
 
+from headlens.analyses.importance import (
+    aggregate,  # the aggregate ranking lives with importance
+)
 from headlens.errors import HeadlensError
-from headlens.analyses.importance import aggregate  # the aggregate ranking lives with importance
+from headlens.model.lm import device_of
 from headlens.results.scores import Scores, head_label
 
 Method = Literal["spearman", "kendall"]
@@ -568,13 +571,6 @@ def overlap_summary(a: Scores, b: Scores, *, k: int | None = None, percent: floa
 
 
 # ------------------------------------------------------------------------- causal check
-def _device(model):
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration):
-        return "cpu"
-
-
 def causal_check(model, task: str, shots: int, induction: Scores, importance: Scores,
                  ks: Sequence[int], *, limit: int | None = None, seed: int = 0,
                  n_random: int = 3, evaluate: Callable[..., Any] | None = None,
@@ -619,7 +615,7 @@ def causal_check(model, task: str, shots: int, induction: Scores, importance: Sc
     ks = [_resolve_k(n, int(k), None, "causal_check", minimum=0) for k in ks]
     if n_random < 1:
         raise HeadlensError(f"causal_check: n_random must be >= 1, got {n_random}")
-    device = _device(model)
+    device = device_of(model)
 
     def run(flat: np.ndarray) -> float:
         heads = torch.ones(n_layers * n_heads, device=device)

@@ -44,8 +44,9 @@ from torch import Tensor
 
 from headlens.errors import HeadlensError
 from headlens.model import hooknames
-from headlens.tasks.prompts import PreparedExample, prepare
+from headlens.model.lm import device_of
 from headlens.tasks import Task, get_task
+from headlens.tasks.prompts import PreparedExample, prepare
 
 PROBE_ATOL = 1e-4  # packed vs per-choice log-probabilities on the probe (fp32: ~1e-6 seen)
 
@@ -204,10 +205,6 @@ def _batches(lengths: Sequence[int], sizes: Sequence[int], batch_size: int) -> l
     return batches
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
-
-
 def _shared_context_logprobs(model, items, *, batch_size: int, progress: bool = False) -> list[np.ndarray]:
     """Packed scoring (see the module docstring); gates come from the caller's context."""
     from tqdm.auto import tqdm
@@ -215,7 +212,7 @@ def _shared_context_logprobs(model, items, *, batch_size: int, progress: bool = 
     plans = [pack(it) for it in items]
     batches = _batches([len(p.tokens) for p in plans], [1] * len(plans), batch_size)
     out: list[np.ndarray] = [np.zeros(len(it.choice_ids)) for it in items]
-    device = _device(model)
+    device = device_of(model)
     dtype = next(model.parameters()).dtype
     captured: dict[str, Tensor] = {}
 
@@ -300,7 +297,7 @@ def per_choice_logprobs(model, items: Sequence[PreparedExample], *, batch_size: 
     plans = [_rows(it) for it in items]
     batches = _batches([max(len(r) for r in p[0]) for p in plans], [len(p[0]) for p in plans], batch_size)
     out: list[np.ndarray] = [np.zeros(len(it.choice_ids)) for it in items]
-    device = _device(model)
+    device = device_of(model)
     context = gated(model, gates) if gates is not None else nullcontext()
     with context, torch.no_grad():
         for batch in tqdm(batches, disable=not progress, desc="scoring", unit="batch", leave=False):

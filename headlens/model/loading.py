@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from headlens.errors import HeadlensError, closest
+from headlens.model.lm import freeze
 
 if TYPE_CHECKING:
     from headlens.model.registry import ModelStatus
@@ -199,9 +200,7 @@ def load_model(
         raise
     if bridge.tokenizer is None:
         raise HeadlensError(f"load_model: {model!r} has no tokenizer; add tokenizer files to the folder")
-    bridge.eval()
-    for p in bridge.parameters():
-        p.requires_grad_(False)
+    freeze(bridge)
     bridge.headlens_info = identify(model, revision=revision)
     return bridge
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from headlens.errors import HeadlensError
+from headlens.model.lm import freeze
 from headlens.results.outputs import check_out_dir
 
 _LAYER_PATHS = ("transformer.h", "model.decoder.layers", "gpt_neox.layers", "model.layers")
@@ -148,9 +149,7 @@ def wrap_hf(hf: nn.Module, tokenizer, *, name: str, parent_name: str = "model"):
         warnings.simplefilter("ignore")
         bridge = TransformerBridge.boot_transformers(parent_name, hf_model=hf, tokenizer=tokenizer,
                                                      device=str(param.device), dtype=param.dtype)
-    bridge.eval()
-    for p in bridge.parameters():
-        p.requires_grad_(False)
+    freeze(bridge)
     from headlens.model.fingerprint import param_fingerprint
 
     # every parameter's bytes: two healings that differ only in FFN weights differ here

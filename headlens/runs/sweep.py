@@ -61,6 +61,7 @@ from headlens.analyses.pruning import RANDOM_DRAWS
 from headlens.analyses.pruning import WHAT as PRUNE_WHAT
 from headlens.errors import HeadlensError, closest
 from headlens.results.cache import CacheKey, ModelKey
+from headlens.tasks.registry import GROUPS
 
 ANALYSES: tuple[str, ...] = ("importance", "pruning", "induction", "layer_distances")
 # How a sweep ranks FFN blocks for their pruning curves: ``oracle`` (the study's: accuracy drop
@@ -68,7 +69,7 @@ ANALYSES: tuple[str, ...] = ("importance", "pruning", "induction", "layer_distan
 # ranking) and ``gradient`` (the gradient-gate FFN importance). CLI: ``--ranking oracle|self``.
 FfnRanking = Literal["oracle", "gradient"]
 FFN_RANKINGS: tuple[str, ...] = get_args(FfnRanking)
-TASK_GROUPS: tuple[str, ...] = ("all", "study", "offline")
+TASK_GROUPS: tuple[str, ...] = GROUPS
 DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
 _TASK_FILE_SUFFIXES = (".jsonl", ".yaml", ".yml", ".toml")
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,

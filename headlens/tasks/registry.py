@@ -12,7 +12,7 @@ import functools
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from headlens.errors import HeadlensError, closest
 from headlens.tasks import byo, sources
@@ -20,7 +20,7 @@ from headlens.tasks.processors import PROCESSORS
 from headlens.tasks.schema import PROMPT_VERSION, Example
 
 Metric = Literal["acc", "record_em", "multirc"]
-METRICS = ("acc", "record_em", "multirc")
+METRICS: tuple[str, ...] = get_args(Metric)
 SOURCE_KINDS = ("hub", "files", "python", "examples")
 # the keys each source kind reads (anything else is a typo, reported with this list)
 SOURCE_KEYS = {"hub": ("kind", "path", "name", "revision", "data_files", "splits"),
