@@ -47,8 +47,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from headlens.model import hooknames
 from headlens.errors import HeadlensError, closest
+from headlens.model import hooknames
+from headlens.model.lm import pad_token_id, right_pad
 from headlens.results.scores import Scores
 
 Variant = Literal["bansal", "michel"]
@@ -94,13 +95,9 @@ def pack_gold(items: Sequence[Any], pad_id: int) -> tuple[
                                 "check the task's choices (an empty choice cannot be scored)")
         seqs.append(list(it.context_ids) + cont)
         starts.append(len(it.context_ids))
-    width = max(len(s) for s in seqs)
-    tokens = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    target = torch.zeros((len(seqs), width))
+    tokens, attn = right_pad(seqs, pad_id)
+    target = torch.zeros(tokens.shape)
     for i, (s, st) in enumerate(zip(seqs, starts)):
-        tokens[i, : len(s)] = torch.tensor(s)
-        attn[i, : len(s)] = 1
         target[i, max(st - 1, 0): len(s) - 1] = 1.0
     return tokens, attn, target
 
@@ -225,12 +222,7 @@ def head_importance(model, items: Sequence[Any], *, variant: Variant = "bansal",
 
 
 def _pad_id(model) -> int:
-    tok = model.tokenizer
-    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
-        val = getattr(tok, attr, None)
-        if val is not None:
-            return int(val)
-    return 0
+    return pad_token_id(model.tokenizer)
 
 
 def normalize(values: np.ndarray, how: Normalize = "none") -> np.ndarray:
@@ -418,8 +410,8 @@ def task_importance(model, task, shots: int, *, options: ImportanceOptions | Non
         ``meta["cache_key"]`` (the entry's digest, which pruning curves use to name their ranking).
     """
     from headlens.results.cache import ResultCache, array_digest
-    from headlens.tasks.prompts import prepare
     from headlens.tasks import get_task
+    from headlens.tasks.prompts import prepare
 
     if options is None:
         options = ImportanceOptions(variant=variant, limit=limit, seed=seed, split=split, batch_size=batch_size,

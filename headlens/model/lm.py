@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -32,3 +34,24 @@ def freeze(module):
     for p in module.parameters():
         p.requires_grad_(False)
     return module
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id used for right-padding: the tokenizer's pad token, else EOS, else BOS, else 0
+    (padded positions are masked out everywhere, so the choice never changes a result)."""
+    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        val = getattr(tokenizer, attr, None)
+        if val is not None:
+            return int(val)
+    return 0
+
+
+def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Token id lists -> (right-padded tokens [batch, pos], attention mask, 1 on real tokens)."""
+    width = max(len(s) for s in seqs)
+    tokens = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):  # one row per sequence, not per token
+        tokens[row, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[row, : len(s)] = 1
+    return tokens, mask

@@ -31,6 +31,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from headlens.errors import HeadlensError
+from headlens.model.lm import pad_token_id, right_pad
 
 
 @dataclass(frozen=True)
@@ -140,20 +141,13 @@ def batches(tokenizer, texts: Sequence[str], *, batch_size: int, max_len: int,
         raise HeadlensError(f"batch_size must be >= 1, got {batch_size}")
     if max_len < 2:
         raise HeadlensError(f"max_len must be >= 2, got {max_len}")
-    pad = tokenizer.pad_token_id
-    if pad is None:
-        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    pad = pad_token_id(tokenizer)
     ids = encode(tokenizer, texts, max_len=max_len, prepend_bos=prepend_bos)
     for start in range(0, len(ids), batch_size):
         chunk = ids[start:start + batch_size]
         truncated = sum(len(x) > max_len for x in chunk)
         chunk = [x[:max_len] for x in chunk]
-        width = max(len(x) for x in chunk)
-        tokens = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, x in enumerate(chunk):  # one row per text, not per token
-            tokens[row, :len(x)] = torch.tensor(x, dtype=torch.long)
-            mask[row, :len(x)] = 1
+        tokens, mask = right_pad(chunk, pad)
         yield Batch(tokens.to(device), mask.to(device), truncated)
 
 
@@ -289,7 +283,6 @@ def _embedded_split(counts: Sequence[int], seed: int) -> list[list[str]]:
     of one part never appears, under any task of its family, in another part.
     """
     from headlens.tasks import synthetic as syn
-
     from headlens.tasks.schema import Example
 
     pools: dict[str, list] = {}
