@@ -107,7 +107,7 @@ class DemoConfig:
 # 50 draws at 4 points per curve fit; texts are cut to 128 tokens for the layer analyses.
 REAL = dict(eval_limit=16, importance_limit=16, induction_seeds=4,
             prune_tasks="letter_first,number_larger,label_size,recall_value", prune_limit=12,
-            head_percents=(0, 20, 40, 60, 80), ffn_percents=(0, 10, 20, 30),
+            head_percents=(0, 20, 40, 60, 80), ffn_percents=(0, 10, 20),
             grid_head_percents=(0, 40, 70), grid_ffn_percents=(0, 10, 20),
             causal_ks=(1, 4, 9), layer_texts=32, layer_max_len=128,
             layer_ns=(0, 3, 6, 9, 12, 15), heal_ns=(10,), heal_steps=30, preset="real")
