@@ -507,7 +507,8 @@ def layers_section(run: Run) -> None:
                        f"{f' (first {cfg.layer_max_len} tokens)' if cfg.layer_max_len else ''}; each row scaled to "
                        f"its max; line: l*(n), the most similar block.")
     ns = [n for n in (cfg.layer_ns if cfg.layer_ns is not None else range(L)) if 0 <= n < L]
-    heal_ns = set(cfg.heal_ns if cfg.heal_ns is not None else ns) if cfg.heal_steps > 0 else set()
+    heal_ns = {n for n in (cfg.heal_ns if cfg.heal_ns is not None else ns) if 0 < n < L} if cfg.heal_steps > 0 else set()
+    ns = sorted(set(ns) | heal_ns)  # a healed block is also measured unhealed
     heal_kwargs = {"steps": cfg.heal_steps, "max_len": cfg.layer_max_len or 128, "seed": cfg.seed}
     rows = []
     for method in ("similarity", "deepest"):

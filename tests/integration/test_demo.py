@@ -21,6 +21,23 @@ def test_demo_writes_every_section_and_figure(demo_out):
     pm = json.loads((out / "induction" / "prefix_matching.json").read_text())
     vals = np.array(pm["values"])
     assert vals.max() > 3 * np.median(vals)  # a trained model has clear induction heads
+    import pandas as pd
+
+    curve = pd.read_csv(out / "layers" / "curve.csv")
+    assert curve["healed"].any() and (~curve["healed"]).any()  # healed blocks next to unhealed ones
+
+
+def test_demo_heals_blocks_that_are_not_loss_curve_points(demo_out, tmp_path, monkeypatch):
+    """A block size in heal_ns but not in layer_ns is measured, unhealed and healed."""
+    import pandas as pd
+
+    from headlens.runs.demo import DemoConfig, run_demo
+
+    monkeypatch.setenv("HEADLENS_CACHE", str(demo_out.parent.parent / "cache"))  # other sections: cached
+    run_demo(tmp_path / "out", DemoConfig(**{**DEMO_SMALL, "layer_ns": (0,), "heal_ns": (1,)}),
+             log=lambda m: None, progress=False)
+    curve = pd.read_csv(tmp_path / "out" / "layers" / "curve.csv")
+    assert set(curve.loc[curve["n"] == 1, "healed"]) == {True, False}
 
 
 def test_demo_rerun_recomputes_nothing(demo_out, monkeypatch):
