@@ -167,3 +167,29 @@ def build_planted(folder: str | Path, seed: int = 0, *, fallback_gap: float = FA
         raise RuntimeError(f"planted weights do not fit GPT-2: missing {missing}, unexpected {unexpected}")
     model.save_pretrained(str(folder))
     return folder
+
+
+def write_copy_task(path, *, n: int = 24, n_choices: int = 4, seed: int = 0):
+    """A JSONL task file of lines `t.. t.. ... A` whose gold continuation is the token that
+    followed A earlier; the distractors are other tokens of the same context, so only
+    copying can tell (the README's planted-model example and its tests)."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    lines = []
+    for _ in range(n):
+        seq = rng.choice(np.arange(3, 160), size=10, replace=False)
+        i = int(rng.integers(1, 8))  # query seq[i], answer seq[i + 1] (position 0 has no previous token)
+        context = " ".join(f"t{t}" for t in seq) + f" t{seq[i]}"
+        others = [t for j, t in enumerate(seq) if j != i + 1]
+        wrong = rng.choice(others, size=n_choices - 1, replace=False)
+        choices = [f" t{seq[i + 1]}"] + [f" t{t}" for t in wrong]
+        order = rng.permutation(n_choices)
+        lines.append({"context": context, "choices": [choices[j] for j in order],
+                      "gold": int(np.argmax(order == 0))})
+    path = Path(path)
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return path

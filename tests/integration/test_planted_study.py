@@ -29,21 +29,9 @@ N_CHOICES = 4
 def copy_task(tmp_path_factory):
     """Lines `t.. t.. ... A` whose gold continuation is the token that followed A earlier;
     the distractors are other tokens of the same context, so only copying can tell."""
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("task") / "copy.jsonl"
-    lines = []
-    for _ in range(24):
-        seq = rng.choice(np.arange(3, 160), size=10, replace=False)
-        i = int(rng.integers(1, 8))  # query seq[i], answer seq[i + 1] (position 0 has no previous token)
-        context = " ".join(f"t{t}" for t in seq) + f" t{seq[i]}"
-        others = [t for j, t in enumerate(seq) if j != i + 1]
-        wrong = rng.choice(others, size=N_CHOICES - 1, replace=False)
-        choices = [f" t{seq[i + 1]}"] + [f" t{t}" for t in wrong]
-        order = rng.permutation(N_CHOICES)
-        lines.append({"context": context, "choices": [choices[j] for j in order],
-                      "gold": int(np.argmax(order == 0))})
-    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    return path
+    from tests.planted import write_copy_task
+
+    return write_copy_task(tmp_path_factory.mktemp("task") / "copy.jsonl", n_choices=N_CHOICES)
 
 
 def test_cli_importance_on_a_task_file_ranks_the_induction_head_first(planted_dir, copy_task):
