@@ -60,7 +60,7 @@ TOKEN_NORMS: tuple[str, ...] = get_args(TokenNorm)
 
 # Version of the importance definition; part of every cache key. Bump it when what is
 # computed changes (formula, normalisation, prompts), so old cached maps become stale.
-VERSION = 1
+VERSION = 2  # 2: documents without a correct answer are skipped
 
 
 @dataclass(frozen=True)
@@ -175,8 +175,13 @@ def head_importance(model, items: Sequence[Any], *, variant: Variant = "bansal",
     if variant not in VARIANTS:
         raise HeadlensError(f"head_importance: unknown variant {variant!r}; {closest(variant, VARIANTS)}")
     _check_norm(normalize, variant, "head_importance")
+    n_given = len(items)
+    # a document with no acceptable answer (ReCoRD: no entity matches its answers) has no
+    # gold continuation: scoring its placeholder choice would measure a wrong target
+    items = [it for it in items if getattr(it, "gold_set", None) != ()]
     if len(items) == 0:
-        raise HeadlensError("head_importance: no examples to score; check the task, split and --limit")
+        raise HeadlensError("head_importance: no examples to score (none given, or none with a correct "
+                            "answer); check the task, split and --limit")
     from tqdm.auto import tqdm
 
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
@@ -215,7 +220,8 @@ def head_importance(model, items: Sequence[Any], *, variant: Variant = "bansal",
     from headlens.model.loading import model_info
 
     info = model_info(model)
-    m = {"variant": variant, "normalize": normalize, "n_examples": len(items), "n_tokens": n_tokens,
+    m = {"variant": variant, "normalize": normalize, "n_examples": len(items),
+         "n_without_answer": n_given - len(items), "n_tokens": n_tokens,
          "model_fingerprint": info.fingerprint, **(meta or {})}
     return Importance(heads=Scores(heads, metric="head_importance", model=info.name, meta=m),
                       ffn=Scores(ffn, metric="ffn_importance", model=info.name, meta=m))

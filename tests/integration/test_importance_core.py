@@ -179,3 +179,21 @@ def test_reference_normalisation_equals_the_reference_loop(arch, tiny_models):
         head_importance(model, items, variant="michel", normalize="reference", progress=False)
     with pytest.raises(HeadlensError, match="did you mean"):
         head_importance(model, items, normalize="referense", progress=False)  # type: ignore[arg-type]
+
+
+def test_examples_without_a_correct_answer_are_not_scored():
+    """A ReCoRD document whose answers match no entity has gold_set () and a placeholder gold:
+    importance must skip it, not train on the placeholder (it did before)."""
+    from dataclasses import replace
+
+    from headlens.analyses.importance import head_importance
+    from headlens.model.loading import load_model
+    from headlens.tasks.prompts import prepare
+
+    model = load_model("tiny-icl")
+    items = prepare(model, "letter_first", 1, limit=6).items
+    unanswerable = replace(items[0], gold=1, gold_set=())
+    base = head_importance(model, items[1:], progress=False)
+    with_it = head_importance(model, [unanswerable] + list(items[1:]), progress=False)
+    np.testing.assert_allclose(with_it.heads.values, base.heads.values, rtol=1e-6)
+    assert with_it.heads.meta["n_without_answer"] == 1
