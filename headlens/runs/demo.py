@@ -380,10 +380,9 @@ def pruning_section(run: Run) -> None:
                                    exact_limit=cfg.exact_limit, progress=False)
                 return df.to_dict("records")[0]
 
-            rows.extend([run.cached("prune-point", point, weight=unit * min(cfg.random_draws, 60) if p else unit,
-                                    what=what, ranking=array_digest(ranking.values), percent=p, shots=k,
-                                    prune_tasks=names, limit=cfg.prune_limit, draws=cfg.random_draws,
-                                    exact_limit=cfg.exact_limit)])
+            rows.append(run.cached("prune-point", point, weight=unit * min(cfg.random_draws, 60) if p else unit,
+                                   what=what, ranking=array_digest(ranking.values), percent=p,
+                                   queries=evaluate.key, draws=cfg.random_draws, exact_limit=cfg.exact_limit))
         df = pd.DataFrame(rows)
         df.to_csv(run.out / f"prune-{label}.csv", index=False)
         return df
@@ -393,7 +392,7 @@ def pruning_section(run: Run) -> None:
     oracle_eval = MeanEvaluator([TaskEvaluator(run.model, n, k, split=get_task(n).importance_split,
                                                limit=cfg.prune_limit, seed=cfg.seed) for n in names])
     oracle = Scores.from_dict(run.cached("ffn-oracle", lambda: ffn_oracle(run.model, oracle_eval).to_dict(),
-                                         weight=unit * (L + 1), shots=k, prune_tasks=names, limit=cfg.prune_limit))
+                                         weight=unit * (L + 1), queries=oracle_eval.key))
     by_oracle = oracle_order(oracle, agg_ffn)
     ffn_pcts = cfg.ffn_percents if cfg.ffn_percents is not None else sorted({round(100 * i / L) for i in range(L)})
     ffn_oracle_curve = curve(by_oracle, "ffn", ffn_pcts, "ffn-oracle")
@@ -406,8 +405,8 @@ def pruning_section(run: Run) -> None:
         return g.to_dict("split")
 
     g = run.cached("prune-grid", grid_values, weight=unit * len(cfg.grid_head_percents) * len(cfg.grid_ffn_percents),
-                   heads=array_digest(agg.values), ffn=array_digest(by_oracle.values), shots=k, prune_tasks=names,
-                   limit=cfg.prune_limit, head_percents=cfg.grid_head_percents, ffn_percents=cfg.grid_ffn_percents)
+                   heads=array_digest(agg.values), ffn=array_digest(by_oracle.values), queries=evaluate.key,
+                   head_percents=cfg.grid_head_percents, ffn_percents=cfg.grid_ffn_percents)
     grid = pd.DataFrame(g["data"], index=pd.Index(g["index"], name="heads_percent"),
                         columns=pd.Index(g["columns"], name="ffn_percent"))
     grid.to_csv(run.out / "prune-grid.csv")
@@ -436,6 +435,7 @@ def pruning_section(run: Run) -> None:
 def overlap_section(run: Run) -> None:
     from headlens.analyses import overlap as ov
     from headlens.report import overlap as pov
+    from headlens.results.cache import array_digest
 
     cfg, k = run.cfg, run.cfg.prune_shots
     heads, agg, ind = run.results["heads"], run.results["aggregate"], run.results["induction"]
@@ -463,7 +463,7 @@ def overlap_section(run: Run) -> None:
                        f"lowest aggregate importance first, against random removal (line: expectation; band: 95%).")
     imps = run.results["importance"]
     frames = []
-    for name in run.results["prune_tasks"]:
+    for i, name in enumerate(run.results["prune_tasks"]):
         def one(name=name):
             df = ov.causal_check(run.model, name, k, ind["prefix_matching"], imps[(name, k)].heads
                                  if (name, k) in imps else agg[k], list(cfg.causal_ks), limit=cfg.prune_limit,
@@ -471,8 +471,11 @@ def overlap_section(run: Run) -> None:
             return df.to_dict("records")
 
         frames.append(pd.DataFrame(run.cached("causal", one, weight=cfg.prune_limit * (1 + k) * 5 * len(cfg.causal_ks),
-                                              task=name, shots=k, ks=list(cfg.causal_ks), limit=cfg.prune_limit,
-                                              importance_limit=cfg.importance_limit)))
+                                              queries=run.results["evaluate"].evaluators[i].key,
+                                              induction=array_digest(ind["prefix_matching"].values),
+                                              importance=array_digest(imps[(name, k)].heads.values
+                                                                      if (name, k) in imps else agg[k].values),
+                                              ks=list(cfg.causal_ks))))
     cc = pd.concat(frames)
     cc.to_csv(run.out / "causal-check.csv", index=False)
     mean_cc = cc.groupby(["k", "condition"], as_index=False).agg(acc=("acc", "mean"), acc_std=("acc", "std"))
